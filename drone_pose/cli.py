@@ -1,0 +1,77 @@
+"""`drone-pose` command line: one entry point with subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from drone_pose import __version__
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from drone_pose.data.drones import available_drones, load_drone
+
+    rows = []
+    for name in available_drones():
+        drone = load_drone(name)
+        rows.append(
+            {
+                "name": drone.name,
+                "description": drone.description,
+                "keypoints": list(drone.keypoint_names),
+                "diagonal_m": drone.diagonal,
+                "dimensions_m": drone.dimensions,
+                "mesh_vertices": int(drone.vertices.shape[0]),
+                "mesh_faces": int(drone.faces.shape[0]),
+                "parts": list(drone.part_names),
+            }
+        )
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from drone_pose.resources import share_dir
+
+    info = {
+        "drone_pose": __version__,
+        "share_dir": str(share_dir()),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    print(
+        "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
+        "accuracy and latency report) is delivered by issue 7 (the ROS 2 tracker). Until then, try:\n"
+        "  drone-pose models   # the built-in drone models\n"
+        "  drone-pose info     # versions and devices"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drone-pose", description="6-DoF drone pose estimation tools.")
+    parser.add_argument("--version", action="version", version=f"drone_pose {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("models", help="list the built-in drone models as JSON").set_defaults(run=_cmd_models)
+    commands.add_parser("info", help="versions, data folders and compute devices").set_defaults(run=_cmd_info)
+    commands.add_parser("demo", help="run the end-to-end demo").set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Drone models, synthetic data, datasets and bag I/O."""

@@ -1,0 +1,1 @@
+"""Camera model, rotation helpers and pose metrics (torch, batched)."""

@@ -1,0 +1,82 @@
+"""sensor_msgs/Image <-> numpy without cv_bridge: zero-copy views where the layout allows."""
+
+from __future__ import annotations
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import Image
+
+# encoding -> (dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    "rgb8": (np.dtype(np.uint8), 3),
+    "bgr8": (np.dtype(np.uint8), 3),
+    "rgba8": (np.dtype(np.uint8), 4),
+    "bgra8": (np.dtype(np.uint8), 4),
+    "mono8": (np.dtype(np.uint8), 1),
+    "8UC1": (np.dtype(np.uint8), 1),
+    "8UC3": (np.dtype(np.uint8), 3),
+    "mono16": (np.dtype(np.uint16), 1),
+    "16UC1": (np.dtype(np.uint16), 1),
+    "32FC1": (np.dtype(np.float32), 1),
+}
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class ImageConversionError(ValueError):
+    """A sensor_msgs/Image that cannot be read as an array (bad encoding, size or data length)."""
+
+
+def image_to_numpy(msg: Image) -> np.ndarray:
+    """View of the message's pixels as [H, W, C] (C = 1 for mono encodings), in the message's channel order.
+
+    Raises ImageConversionError for an unsupported encoding, zero or huge size, a step shorter than
+    a row, or data shorter than step * height. The result aliases msg.data where possible.
+    """
+    if msg.encoding not in ENCODINGS:
+        raise ImageConversionError(
+            f"unsupported encoding {msg.encoding!r}; supported: {', '.join(ENCODINGS)}"
+        )
+    dtype, channels = ENCODINGS[msg.encoding]
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(f"image has zero size ({width}x{height})")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise ImageConversionError(f"image of {width}x{height} exceeds {MAX_IMAGE_PIXELS} pixels")
+    row_bytes = width * channels * dtype.itemsize
+    if step < row_bytes:
+        raise ImageConversionError(
+            f"step {step} is shorter than a row of {width} {msg.encoding} pixels ({row_bytes} bytes)"
+        )
+    if step % dtype.itemsize:
+        raise ImageConversionError(f"step {step} is not a multiple of the {dtype.itemsize}-byte sample size")
+    buffer = np.frombuffer(msg.data, dtype=np.uint8)
+    if buffer.size < step * height:
+        raise ImageConversionError(f"data has {buffer.size} bytes, expected step*height = {step * height}")
+    rows = buffer[: step * height].reshape(height, step)[:, :row_bytes]
+    pixels = rows.view(dtype) if dtype.itemsize == 1 else np.ascontiguousarray(rows).view(dtype)
+    if dtype.itemsize > 1 and bool(msg.is_bigendian) != (np.little_endian is False):
+        pixels = pixels.byteswap()
+    return pixels.reshape(height, width, channels)
+
+
+def numpy_to_image(pixels: np.ndarray, encoding: str, stamp: Time, frame_id: str) -> Image:
+    """sensor_msgs/Image holding pixels [H, W, C] (or [H, W] for one channel) with the given encoding."""
+    if encoding not in ENCODINGS:
+        raise ImageConversionError(f"unsupported encoding {encoding!r}; supported: {', '.join(ENCODINGS)}")
+    dtype, channels = ENCODINGS[encoding]
+    array = pixels if pixels.ndim == 3 else pixels[..., None]
+    if array.ndim != 3 or array.shape[2] != channels or array.dtype != dtype:
+        raise ImageConversionError(
+            f"{encoding} needs an array [H, W, {channels}] of {dtype}, "
+            f"got {list(pixels.shape)} of {pixels.dtype}"
+        )
+    array = np.ascontiguousarray(array)
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0 if np.little_endian else 1
+    msg.step = int(array.shape[1] * channels * dtype.itemsize)
+    msg.data = array.reshape(-1).view(np.uint8)
+    return msg

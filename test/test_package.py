@@ -1,0 +1,101 @@
+"""The package as users meet it: ament_python metadata, installed data, the CLI, no rclpy in the algorithm."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import drone_pose
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_package_xml_is_an_ament_python_package():
+    root = ET.parse(REPO_ROOT / "package.xml").getroot()
+    assert root.get("format") == "3"
+    assert root.findtext("name") == "drone_pose"
+    assert root.findtext("export/build_type") == "ament_python"
+    exec_depends = {element.text for element in root.findall("exec_depend")}
+    for dependency in (
+        "rclpy",
+        "sensor_msgs",
+        "geometry_msgs",
+        "tf2_msgs",
+        "visualization_msgs",
+        "diagnostic_msgs",
+        "launch",
+        "launch_ros",
+        "python3-torch",
+        "python3-numpy",
+        "python3-opencv",
+        "python3-yaml",
+    ):
+        assert dependency in exec_depends
+    assert (REPO_ROOT / "resource" / "drone_pose").is_file()
+    assert (REPO_ROOT / "interfaces" / "COLCON_IGNORE").is_file(), "colcon must never build our tf2_msgs"
+
+
+def test_setup_installs_share_folders():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import runpy, setuptools, json, sys\n"
+            "captured = {}\nsetuptools.setup = lambda **kw: captured.update(kw)\n"
+            "runpy.run_path('setup.py', run_name='__main__')\n"
+            "print(json.dumps({key: captured[key] for key in ('data_files', 'entry_points')}))",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    spec = json.loads(result.stdout)
+    installed = {path for _, paths in spec["data_files"] for path in paths}
+    for path in (
+        "resource/drone_pose",
+        "package.xml",
+        "config/fastdds_shm.xml",
+        "models/drones/m2ed.yaml",
+        "models/drones/m2ed.obj",
+        "models/drones/tello.yaml",
+        "models/drones/tello.obj",
+    ):
+        assert path in installed
+    destinations = {destination for destination, _ in spec["data_files"]}
+    assert "share/ament_index/resource_index/packages" in destinations
+    assert "share/drone_pose/models/drones" in destinations
+    assert "drone-pose = drone_pose.cli:main" in spec["entry_points"]["console_scripts"]
+
+
+def test_the_algorithm_never_imports_rclpy():
+    """Import every module outside drone_pose.ros in a fresh interpreter; rclpy must stay unloaded."""
+    modules = [
+        info.name
+        for info in pkgutil.walk_packages(drone_pose.__path__, prefix="drone_pose.")
+        if not info.name.startswith("drone_pose.ros")
+    ]
+    assert {"drone_pose.geometry.metrics", "drone_pose.data.drones", "drone_pose.cli"} <= set(modules)
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'rclpy' or m.startswith('rclpy.'))\n"
+        "assert not loaded, loaded\n"
+        "print('ok', len(sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok")
+
+
+def test_cli_lists_the_drone_models():
+    result = subprocess.run(
+        [sys.executable, "-m", "drone_pose.cli", "models"], capture_output=True, text=True, check=True
+    )
+    models = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    assert models["m2ed"]["diagonal_m"] == 0.354
+    assert len(models["tello"]["keypoints"]) == 9
