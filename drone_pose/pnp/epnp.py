@@ -1,0 +1,237 @@
+"""Batched, differentiable EPnP (Lepetit, Moreno-Noguer and Fua, 2009).
+
+The object points are written in barycentric coordinates of four control points (centroid plus
+the principal axes); the camera-frame control points span the null space of a 2N x 12 system.
+That null space is found through its Schur complement: for given control-point depths Z the x and
+y coordinates follow by linear least squares, leaving a 4x4 eigenproblem in Z (same accuracy as
+the 12x12 eigendecomposition, about 3x faster on CPU batches).
+The null-space combination is found for kernel dimensions 1, 2 and 3 (linearised distance
+constraints, refined by Gauss-Newton on the betas), each candidate is aligned to the object by
+Kabsch, and the candidate with the lowest reprojection error wins. Every step is a torch op, so
+gradients flow to x2d, x3d, K and the weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from drone_pose.pnp.projection import broadcast_inputs
+
+PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
+BETA_GAUSS_NEWTON_STEPS = 5
+
+
+def control_points_and_alphas(x3d: Tensor, point_weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Control points [B,4,3] and barycentric coordinates alphas [B,N,4] (rows sum to 1).
+
+    The centroid and principal directions come from the points with positive weight.
+    """
+    mask = (point_weights > 0).to(x3d.dtype).unsqueeze(-1)  # [B,N,1]
+    count = mask.sum(1).clamp_min(1.0)
+    centroid = (x3d * mask).sum(1) / count  # [B,3]
+    centred = x3d - centroid.unsqueeze(1)
+    covariance = (centred * mask).transpose(-1, -2) @ centred / count.unsqueeze(-1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
+    floor = 1e-10 * eigenvalues[:, -1:].clamp_min(torch.finfo(x3d.dtype).tiny)
+    scales = eigenvalues.clamp_min(0.0).maximum(floor).sqrt()  # [B,3]
+    axes = eigenvectors * scales.unsqueeze(1)  # columns: principal axes scaled to the spread
+    control = torch.cat((centroid.unsqueeze(1), centroid.unsqueeze(1) + axes.transpose(-1, -2)), dim=1)
+    coefficients = (centred @ eigenvectors) / scales.unsqueeze(1)  # [B,N,3]
+    alphas = torch.cat((1.0 - coefficients.sum(-1, keepdim=True), coefficients), dim=-1)
+    return control, alphas
+
+
+def null_space_basis(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> Tensor:
+    """Basis [B,12,4] (unit columns, best first) of the near-null space of EPnP's 2N x 12 system.
+
+    alphas [B,N,4]; x, y [B,N] normalised image coordinates; weights [B,N,2]. The rows of the system
+    are w_u (a.X - u a.Z) and w_v (a.Y - v a.Z) for control-point coordinates X, Y, Z [4].
+    X = P_u Z and Y = P_v Z minimise them for given Z; the Schur complement S [B,4,4] is the cost
+    left in Z, and its eigenvectors (ascending) give the basis, interleaved per control point.
+    """
+    wu, wv = weights[..., 0:1] ** 2, weights[..., 1:2] ** 2
+    A = alphas
+    At = A.transpose(1, 2)
+    Du, Dv = x.unsqueeze(-1) * A, y.unsqueeze(-1) * A  # diag(u) A, diag(v) A
+    eye = torch.eye(4, dtype=A.dtype, device=A.device)
+    AtWuA, AtWvA = At @ (wu * A), At @ (wv * A)
+    ridge = 1e-12 * (AtWuA + AtWvA).diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None] * eye
+    Bu, Bv = At @ (wu * Du), At @ (wv * Dv)
+    Pu, Pv = torch.linalg.solve(AtWuA + ridge, Bu), torch.linalg.solve(AtWvA + ridge, Bv)
+    S = (
+        Du.transpose(1, 2) @ (wu * Du)
+        - Bu.transpose(1, 2) @ Pu
+        + Dv.transpose(1, 2) @ (wv * Dv)
+        - Bv.transpose(1, 2) @ Pv
+    )
+    _, Z = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))
+    basis = torch.stack((Pu @ Z, Pv @ Z, Z), dim=2).reshape(A.shape[0], 12, 4)
+    return basis / basis.norm(dim=1, keepdim=True)
+
+
+def _kernel_pair_differences(kernel: Tensor) -> Tensor:
+    """Differences between control points of each kernel vector: [B,12,4] -> [B,6,4,3]."""
+    points = kernel.transpose(-1, -2).reshape(kernel.shape[0], 4, 4, 3)  # [B, vector, control, xyz]
+    a = torch.tensor([p[0] for p in PAIRS], device=kernel.device)
+    b = torch.tensor([p[1] for p in PAIRS], device=kernel.device)
+    return (points[:, :, a] - points[:, :, b]).transpose(1, 2)  # [B,6,vector,3]
+
+
+def _distance_system(kernel: Tensor, control: Tensor) -> tuple[Tensor, Tensor]:
+    """L [B,6,10] and rho [B,6] of EPnP: L beta~ = rho with beta~ the quadratic beta monomials.
+
+    Column order of L: b11, b12, b22, b13, b23, b33, b14, b24, b34, b44.
+    """
+    dv = _kernel_pair_differences(kernel)  # [B,6,4,3]
+    dot = (dv.unsqueeze(-2) * dv.unsqueeze(-3)).sum(-1)  # [B,6,4,4]
+    columns = []
+    for j in range(4):
+        for i in range(j + 1):
+            columns.append(dot[..., i, j] if i == j else 2.0 * dot[..., i, j])
+    L = torch.stack(columns, dim=-1)
+    a = [p[0] for p in PAIRS]
+    b = [p[1] for p in PAIRS]
+    rho = ((control[:, a] - control[:, b]) ** 2).sum(-1)
+    return L, rho
+
+
+def _least_squares(A: Tensor, y: Tensor) -> Tensor:
+    """Batched least squares min ||A x - y|| through the normal equations: A [B,6,k], y [B,6]."""
+    normal = A.transpose(-1, -2) @ A
+    ridge = 1e-12 * normal.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    return torch.linalg.solve(normal + ridge * eye, (A.transpose(-1, -2) @ y.unsqueeze(-1))).squeeze(-1)
+
+
+def _signed_sqrt_pair(b11: Tensor, b22: Tensor, b12: Tensor) -> tuple[Tensor, Tensor]:
+    """beta1, beta2 from b11 = beta1^2, b22 = beta2^2, sign(b12) = sign(beta1 beta2) (OpenCV's rule)."""
+    negative = b11 < 0
+    beta1 = torch.where(negative, (-b11).clamp_min(0).sqrt(), b11.clamp_min(0).sqrt())
+    beta2 = torch.where(negative, (-b22).clamp_min(0).sqrt(), b22.clamp_min(0).sqrt())
+    beta1 = torch.where(b12 < 0, -beta1, beta1)
+    return beta1, beta2
+
+
+def _initial_betas(L: Tensor, rho: Tensor, all_candidates: bool = True) -> list[Tensor]:
+    """Approximate betas [B,4] for kernel dimensions 1 (as 4-approx), 2 and 3 (only the first if asked)."""
+    zeros = torch.zeros_like(rho[:, 0])
+    safe = lambda x: torch.where(x.abs() > 1e-300, x, torch.full_like(x, 1e-300))  # noqa: E731
+    # N = 4 approximation: [b11, b12, b13, b14]
+    b = _least_squares(L[..., [0, 1, 3, 6]], rho)
+    beta1 = torch.where(b[:, 0] < 0, (-b[:, 0]).clamp_min(0).sqrt(), b[:, 0].clamp_min(0).sqrt())
+    sign = torch.where(b[:, 0] < 0, -1.0, 1.0).to(b.dtype)
+    betas4 = torch.stack(
+        (beta1, sign * b[:, 1] / safe(beta1), sign * b[:, 2] / safe(beta1), sign * b[:, 3] / safe(beta1)),
+        dim=-1,
+    )
+    if not all_candidates:
+        return [betas4]
+    # N = 2 approximation: [b11, b12, b22]
+    b = _least_squares(L[..., [0, 1, 2]], rho)
+    beta1, beta2 = _signed_sqrt_pair(b[:, 0], b[:, 2], b[:, 1])
+    betas2 = torch.stack((beta1, beta2, zeros, zeros), dim=-1)
+    # N = 3 approximation: [b11, b12, b22, b13, b23]
+    b = _least_squares(L[..., [0, 1, 2, 3, 4]], rho)
+    beta1, beta2 = _signed_sqrt_pair(b[:, 0], b[:, 2], b[:, 1])
+    betas3 = torch.stack((beta1, beta2, b[:, 3] / safe(beta1), zeros), dim=-1)
+    return [betas4, betas2, betas3]
+
+
+_MONOMIAL_I = (0, 0, 1, 0, 1, 2, 0, 1, 2, 3)  # beta~ = beta_i beta_j in L's column order
+_MONOMIAL_J = (0, 1, 1, 2, 2, 2, 3, 3, 3, 3)
+
+
+def _refine_betas(betas: Tensor, L: Tensor, rho: Tensor, steps: int = BETA_GAUSS_NEWTON_STEPS) -> Tensor:
+    """Gauss-Newton on rho - L beta~(beta) over the four betas [B,4]."""
+    i = torch.tensor(_MONOMIAL_I, device=betas.device)
+    j = torch.tensor(_MONOMIAL_J, device=betas.device)
+    onehot_i = torch.nn.functional.one_hot(i, 4).to(betas.dtype)  # [10,4]
+    onehot_j = torch.nn.functional.one_hot(j, 4).to(betas.dtype)
+    for _ in range(steps):
+        bi, bj = betas[:, i], betas[:, j]  # [B,10]
+        error = rho - (L @ (bi * bj).unsqueeze(-1)).squeeze(-1)  # [B,6]
+        d_monomials = bj.unsqueeze(-1) * onehot_i + bi.unsqueeze(-1) * onehot_j  # [B,10,4]
+        betas = betas + _least_squares(L @ d_monomials, error)
+    return betas
+
+
+def kabsch(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotation R [B,3,3] and translation t [B,3] minimising sum ||R source + t - target||^2.
+
+    source, target [B,N,3]. SVD of the 3x3 cross-covariance (differentiable while its singular
+    values are distinct); written out because roma's registration is ~10x slower on small batches.
+    """
+    source_mean, target_mean = source.mean(1, keepdim=True), target.mean(1, keepdim=True)
+    covariance = (target - target_mean).transpose(1, 2) @ (source - source_mean)
+    U, _, Vh = torch.linalg.svd(covariance)
+    sign = torch.linalg.det(U @ Vh)
+    D = torch.diag_embed(torch.stack((torch.ones_like(sign), torch.ones_like(sign), sign), dim=-1))
+    R = U @ D @ Vh
+    return R, (target_mean - source_mean @ R.transpose(1, 2)).squeeze(1)
+
+
+def _camera_points(betas: Tensor, kernel: Tensor, alphas: Tensor) -> Tensor:
+    """Object points in the camera frame [B,N,3] from betas [B,4], in front of the camera."""
+    control_cam = (kernel @ betas.unsqueeze(-1)).reshape(-1, 4, 3)
+    points_cam = alphas @ control_cam
+    flip = (points_cam[..., 2].mean(-1) < 0).to(points_cam.dtype)
+    return points_cam * (1.0 - 2.0 * flip)[:, None, None]
+
+
+def epnp(
+    x2d: Tensor,
+    x3d: Tensor,
+    K: Tensor,
+    weights: Tensor | None = None,
+    return_candidates: bool = False,
+    all_candidates: bool = True,
+    beta_steps: int = BETA_GAUSS_NEWTON_STEPS,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EPnP poses camera<-object: x2d [B,N,2] px, x3d [N,3] or [B,N,3] m, K [3,3] or [B,3,3].
+
+    weights [B,N] or [B,N,2] scale each point's equations (zero drops a point). Returns R [B,3,3]
+    and t [B,3]; with return_candidates also the candidates R [B,C,3,3] and t [B,C,3] (kernel
+    dimensions 1, 2, 3) for multi-hypothesis refinement. all_candidates=False keeps only the first
+    (cheaper; enough to initialise an iterative solver); beta_steps sets the Gauss-Newton steps on
+    the betas. Differentiable.
+    """
+    shared_model = x3d.ndim == 2 or x3d.shape[0] == 1 or x3d.stride(0) == 0
+    x2d, x3d, K, weights = broadcast_inputs(x2d, x3d, K, weights)
+    batch, count = x2d.shape[:2]
+    point_weights = weights.mean(-1)
+    if shared_model and bool((point_weights > 0).all()):
+        control, alphas = control_points_and_alphas(x3d[:1], point_weights[:1])  # once for the whole batch
+        control, alphas = control.expand(batch, 4, 3), alphas.expand(batch, count, 4)
+    else:
+        control, alphas = control_points_and_alphas(x3d, point_weights)
+    # Normalised image coordinates: K^-1 (u, v, 1).
+    y = (x2d[..., 1] - K[:, None, 1, 2]) / K[:, None, 1, 1]
+    x = (x2d[..., 0] - K[:, None, 0, 2] - K[:, None, 0, 1] * y) / K[:, None, 0, 0]
+    normalised = torch.stack((x, y), dim=-1)
+    kernel = null_space_basis(alphas, x, y, weights)
+    L, rho = _distance_system(kernel, control)
+
+    # The candidates run as one stacked batch [C*B]; each is scored by the reprojection of its
+    # camera-frame points, and only the candidates asked for are aligned rigidly (Kabsch).
+    initial = _initial_betas(L, rho, all_candidates)
+    n = len(initial)
+    tile = lambda v: v.repeat(n, *([1] * (v.ndim - 1))) if n > 1 else v  # noqa: E731
+    points_cam = _camera_points(
+        _refine_betas(torch.cat(initial), tile(L), tile(rho), beta_steps), tile(kernel), tile(alphas)
+    )
+    index = torch.arange(batch, device=x2d.device)
+    if n == 1:
+        best = torch.zeros(batch, dtype=torch.long, device=x2d.device)
+    else:
+        projected = points_cam[..., :2] / points_cam[..., 2:3].clamp_min(1e-12)
+        error = ((tile(weights) * (projected - tile(normalised))) ** 2).sum((-1, -2))
+        error = torch.where(torch.isfinite(error), error, torch.full_like(error, torch.inf)).view(n, batch)
+        best = error.argmin(dim=0)
+    if return_candidates:
+        all_R, all_t = kabsch(tile(x3d), points_cam)
+        all_R = all_R.view(n, batch, 3, 3).transpose(0, 1)  # [B,C,3,3]
+        all_t = all_t.view(n, batch, 3).transpose(0, 1)  # [B,C,3]
+        return all_R[index, best], all_t[index, best], all_R, all_t
+    chosen = points_cam if n == 1 else points_cam.view(n, batch, count, 3).transpose(0, 1)[index, best]
+    return kabsch(x3d, chosen)

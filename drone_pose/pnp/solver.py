@@ -1,0 +1,236 @@
+"""Batched Levenberg-Marquardt PnP on the (weighted, optionally Huber-robustified) reprojection error.
+
+Each sample is solved independently inside one set of batched tensor ops: no per-sample Python
+loop and no OpenCV. Work is done in float64 (the problems are tiny; float32 Hessians of far
+objects are ill-conditioned) and results are returned in the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from drone_pose.pnp.epnp import epnp
+from drone_pose.pnp.projection import MIN_POINTS, apply_update, broadcast_inputs, cost_derivatives
+from drone_pose.pnp.result import PnPResult, PnPStatus
+
+COMPUTE_DTYPE = torch.float64
+
+
+def _safe_problem(count: int, K: Tensor) -> tuple[Tensor, Tensor]:
+    """A well-posed stand-in problem (x2d [B,N,2], x3d [B,N,3]) for samples whose input is unusable."""
+    index = torch.arange(count, dtype=K.dtype, device=K.device)
+    angle = 2.0 * torch.pi * index / count
+    x3d = torch.stack((0.5 * torch.cos(angle), 0.5 * torch.sin(angle), (index % 2) - 0.5), dim=-1)
+    p = x3d.unsqueeze(0) + K.new_tensor([0.0, 0.0, 5.0])
+    uvw = p @ K.transpose(-1, -2)
+    return uvw[..., :2] / uvw[..., 2:3], x3d.unsqueeze(0).expand(K.shape[0], count, 3)
+
+
+def _input_status(x2d: Tensor, x3d: Tensor, weights: Tensor, shared_model: bool) -> Tensor:
+    """Per-sample status from the inputs alone: NON_FINITE_INPUT, DEGENERATE_POINTS or CONVERGED."""
+    finite = torch.isfinite(x2d).flatten(1).all(1) & torch.isfinite(x3d).flatten(1).all(1)
+    finite &= torch.isfinite(weights).flatten(1).all(1)
+    status = torch.full(finite.shape, int(PnPStatus.CONVERGED), dtype=torch.int64, device=x2d.device)
+    status[~finite] = int(PnPStatus.NON_FINITE_INPUT)
+    used = (weights > 0).any(-1) & finite.unsqueeze(-1)
+    if shared_model and bool(used.all()):  # one model, every point used: check its geometry once
+        return status.masked_fill(
+            _degenerate(x3d[:1], used[:1]).expand_as(status), int(PnPStatus.DEGENERATE_POINTS)
+        )
+    return status.masked_fill(finite & _degenerate(x3d, used), int(PnPStatus.DEGENERATE_POINTS))
+
+
+def _degenerate(x3d: Tensor, used: Tensor) -> Tensor:
+    """True [B] where fewer than 4 points are used or the used 3D points are collinear."""
+    safe_x3d = torch.where(torch.isfinite(x3d), x3d, torch.zeros_like(x3d))
+    mask = used.to(x3d.dtype).unsqueeze(-1)
+    count = mask.sum(1)
+    centred = safe_x3d - (safe_x3d * mask).sum(1, keepdim=True) / count.clamp_min(1).unsqueeze(-1)
+    spread = torch.linalg.eigvalsh((centred * mask).transpose(-1, -2) @ centred)  # ascending
+    collinear = spread[:, 1] <= 1e-10 * spread[:, 2].clamp_min(torch.finfo(x3d.dtype).tiny)
+    return (count.squeeze(-1) < MIN_POINTS) | collinear | (spread[:, 2] <= 0)
+
+
+def levenberg_marquardt(
+    x2d: Tensor,
+    x3d: Tensor,
+    K: Tensor,
+    weights: Tensor,
+    R: Tensor,
+    t: Tensor,
+    huber: float | None,
+    max_iterations: int,
+    tolerance: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int]:
+    """Refine poses R [B,3,3], t [B,3] by damped Newton steps on the robust reprojection cost.
+
+    The exact Hessian is used wherever it is positive definite (quadratic convergence, also for
+    large-residual problems where Gauss-Newton crawls), the Gauss-Newton one elsewhere; an LM
+    damping term and cost-decrease acceptance keep steps safe. Finished samples leave the working
+    set, so a few slow problems do not keep the whole batch busy. Returns R, t, cost [B], the
+    Gauss-Newton Hessian at the result [B,6,6], a done mask [B], depths [B,N] and the iterations.
+    """
+    batch, count = x2d.shape[:2]
+    layout = (9, 3, 1, 6, 36, 36, count)  # R, t, cost, gradient, Gauss-Newton and exact Hessians, depths
+
+    def pack(R: Tensor, t: Tensor, derivatives: tuple[Tensor, ...]) -> Tensor:
+        cost, gradient, gauss_newton, exact, depth, _ = derivatives
+        return torch.cat(
+            (R.flatten(1), t, cost[:, None], gradient, gauss_newton.flatten(1), exact.flatten(1), depth), 1
+        )
+
+    def unpack(state: Tensor) -> list[Tensor]:
+        R, t, cost, gradient, gauss_newton, exact, depth = state.split(layout, dim=1)
+        return [
+            R.view(-1, 3, 3),
+            t,
+            cost[:, 0],
+            gradient,
+            gauss_newton.view(-1, 6, 6),
+            exact.view(-1, 6, 6),
+            depth,
+        ]
+
+    inputs = [x2d, x3d, K, weights]
+    state = pack(R, t, cost_derivatives(*inputs, R, t, huber, True))
+    result = state.clone()
+    index = torch.arange(batch, device=x2d.device)
+    damping = torch.full((batch,), 1e-3, dtype=x2d.dtype, device=x2d.device)
+    done_all = torch.zeros(batch, dtype=torch.bool, device=x2d.device)
+    done = ~torch.isfinite(state[:, 12])
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        R, t, cost, gradient, gauss_newton, exact, _ = unpack(state)
+        positive = torch.linalg.cholesky_ex(exact).info == 0
+        H = exact if bool(positive.all()) else torch.where(positive[:, None, None], exact, gauss_newton)
+        system = H + torch.diag_embed(
+            damping[:, None] * gauss_newton.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)
+        )
+        step = -torch.linalg.solve_ex(system, gradient.unsqueeze(-1))[0].squeeze(-1)
+        # A nearly undamped step below tolerance: the current pose is the optimum already.
+        small_step = step.norm(dim=-1) <= tolerance * (t.norm(dim=-1) + 1.0)
+        done = done | (small_step & (damping <= 1e-2))
+        step = torch.where(done.unsqueeze(-1) | ~torch.isfinite(step), 0.0, step)
+        R_new, t_new = apply_update(R, t, step)
+        candidate = pack(R_new, t_new, cost_derivatives(*inputs, R_new, t_new, huber, True))
+        cost_new = candidate[:, 12]
+        # Near the optimum a Newton step changes the cost by less than its rounding: allow that slack.
+        accept = (cost_new <= cost + 1e-12 * cost.abs()) & torch.isfinite(cost_new) & ~done
+        state = torch.where(accept[:, None], candidate, state)
+        done = done | (small_step & accept) | (damping >= 1e12)
+        damping = torch.where(accept, damping * 0.1, damping * 10.0).clamp(1e-15, 1e12)
+        finished = int(done.sum())
+        # Compact once half the working set is finished: fewer ops per iteration than every time.
+        if 2 * finished >= done.numel() or iterations == max_iterations:
+            if iterations == max_iterations:
+                result[index] = state
+            else:
+                result[index[done]] = state[done]
+            done_all[index[done]] = True
+            keep = ~done
+            if not bool(keep.any()):
+                break
+            index, damping, done, state = index[keep], damping[keep], done[keep], state[keep]
+            inputs = [v[keep] for v in inputs]
+    R, t, cost, _, gauss_newton, _, depth = unpack(result)
+    return R, t, cost, gauss_newton, done_all, depth, iterations
+
+
+def _pose_covariance(H: Tensor, cost: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """Covariance [B,6,6] = H^-1 * 2 cost / (2N - 6) and a flag [B] for singular Hessians."""
+    variance = 2.0 * cost / max(2 * count - 6, 1)
+    inverse = torch.linalg.inv_ex(H)
+    singular = (inverse.info != 0) | ~torch.isfinite(inverse.inverse).flatten(1).all(1)
+    covariance = inverse.inverse * variance[:, None, None]
+    return torch.where(singular[:, None, None], torch.zeros_like(covariance), covariance), singular
+
+
+def solve_pnp(
+    x2d: Tensor,
+    x3d: Tensor,
+    K: Tensor,
+    weights: Tensor | None = None,
+    init: tuple[Tensor, Tensor] | None = None,
+    huber: float | None = None,
+    multi_hypothesis: bool = False,
+    max_iterations: int = 50,
+    tolerance: float = 1e-10,
+) -> PnPResult:
+    """Batched PnP: the pose camera<-object minimising the reprojection error.
+
+    x2d [B,N,2] pixels; x3d [N,3] or [B,N,3] metres (object frame); K [3,3] or [B,3,3];
+    weights [B,N] or [B,N,2] scale residuals (0 drops a point); init optional (R [B,3,3], t [B,3])
+    e.g. the previous frame's pose; huber: Huber threshold in (weighted) pixels; multi_hypothesis
+    refines all three EPnP candidates (and init) and keeps the lowest cost, for ambiguous views.
+
+    Shapes, N < 4 and invalid K raise ValueError. Per-sample problems never produce NaN: they
+    return identity/zero poses (or the best finite pose) with `status` saying why (PnPStatus).
+    Not differentiable; use `pnp_layer` for gradients.
+    """
+    input_dtype = x2d.dtype
+    shared_model = x3d.ndim == 2 or x3d.shape[0] == 1 or x3d.stride(0) == 0
+    with torch.inference_mode():  # cheaper dispatch than no_grad; outputs are cloned out below
+        x2d, x3d, K, weights = broadcast_inputs(x2d, x3d, K, weights)
+        x2d, x3d, K, weights = (v.to(COMPUTE_DTYPE) for v in (x2d, x3d, K, weights))
+        batch, count = x2d.shape[:2]
+        status = _input_status(x2d, x3d, weights, shared_model)
+        unusable = status != int(PnPStatus.CONVERGED)
+        if unusable.any():
+            safe_x2d, safe_x3d = _safe_problem(count, K)
+            x2d = torch.where(unusable[:, None, None], safe_x2d, x2d)
+            x3d = torch.where(unusable[:, None, None], safe_x3d, x3d)
+            weights = torch.where(unusable[:, None, None], torch.ones_like(weights), weights)
+
+        if multi_hypothesis:
+            R0, t0, candidates_R, candidates_t = epnp(x2d, x3d, K, weights, return_candidates=True)
+            starts_R, starts_t = list(candidates_R.unbind(1)), list(candidates_t.unbind(1))
+        else:
+            R0, t0 = epnp(x2d, x3d, K, weights, all_candidates=False, beta_steps=2)
+            starts_R, starts_t = [R0], [t0]
+        if init is not None:
+            init_R = init[0].to(COMPUTE_DTYPE).expand(batch, 3, 3)
+            init_t = init[1].to(COMPUTE_DTYPE).expand(batch, 3)
+            usable_init = torch.isfinite(init_R).flatten(1).all(1) & torch.isfinite(init_t).all(1)
+            starts_R.append(torch.where(usable_init[:, None, None], init_R, R0))
+            starts_t.append(torch.where(usable_init[:, None], init_t, t0))
+        hypotheses = len(starts_R)
+        tile = lambda v: v.repeat(hypotheses, *([1] * (v.ndim - 1)))  # noqa: E731
+        R, t, cost, H, done, depth, iterations = levenberg_marquardt(
+            tile(x2d),
+            tile(x3d),
+            tile(K),
+            tile(weights),
+            torch.cat(starts_R),
+            torch.cat(starts_t),
+            huber,
+            max_iterations,
+            tolerance,
+        )
+        if hypotheses > 1:
+            in_front = ((depth > 0) | (tile(weights).mean(-1) <= 0)).all(-1)
+            score = torch.where(torch.isfinite(cost) & in_front, cost, torch.full_like(cost, torch.inf))
+            best = score.view(hypotheses, batch).argmin(0) * batch + torch.arange(batch, device=x2d.device)
+            R, t, cost, H, done, depth = R[best], t[best], cost[best], H[best], done[best], depth[best]
+
+        covariance, singular = _pose_covariance(H, cost, count)
+        behind = ((depth <= 0) & (weights.mean(-1) > 0)).any(-1)
+        finite = torch.isfinite(cost) & torch.isfinite(R).flatten(1).all(1) & torch.isfinite(t).all(1)
+        status = torch.where(unusable, status, torch.full_like(status, int(PnPStatus.CONVERGED)))
+        status[~unusable & ~done] = int(PnPStatus.NOT_CONVERGED)
+        status[~unusable & behind] = int(PnPStatus.BEHIND_CAMERA)
+        status[~unusable & (~finite | singular)] = int(PnPStatus.SOLVER_FAILURE)
+        reset = unusable | ~finite
+        R = torch.where(reset[:, None, None], torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R), R)
+        t = torch.where(reset[:, None], torch.zeros_like(t), t)
+        cost = torch.where(reset, torch.full_like(cost, torch.inf), cost)
+        covariance = torch.where(reset[:, None, None], torch.zeros_like(covariance), covariance)
+    return PnPResult(
+        R=R.to(input_dtype).clone(),
+        t=t.to(input_dtype).clone(),
+        cost=cost.to(input_dtype).clone(),
+        converged=(status == int(PnPStatus.CONVERGED)).clone(),
+        status=status.clone(),
+        covariance=covariance.to(input_dtype).clone(),
+        iterations=iterations,
+    )
