@@ -48,6 +48,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_pnp(args: argparse.Namespace) -> int:
+    import torch
+
+    from drone_pose.pnp.benchmark import run_benchmark
+
+    report = run_benchmark(
+        batch_sizes=tuple(args.batch_sizes),
+        point_counts=tuple(args.points),
+        problem_set=args.problems,
+        devices=tuple(args.devices) if args.devices else None,
+        dtype=torch.float64 if args.float64 else torch.float32,
+        noise_px=args.noise,
+        repeats=args.repeats,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -65,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="list the built-in drone models as JSON").set_defaults(run=_cmd_models)
     commands.add_parser("info", help="versions, data folders and compute devices").set_defaults(run=_cmd_info)
     commands.add_parser("demo", help="run the end-to-end demo").set_defaults(run=_cmd_demo)
+    bench = commands.add_parser("bench", help="benchmarks that print JSON").add_subparsers(
+        dest="target", required=True
+    )
+    pnp = bench.add_parser("pnp", help="PnP methods next to OpenCV loops: times (ms) and accuracy")
+    pnp.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 24, 1024])
+    pnp.add_argument("--points", type=int, nargs="+", default=[9, 20])
+    pnp.add_argument("--problems", choices=["uava_m2ed", "generic"], default="uava_m2ed")
+    pnp.add_argument("--devices", nargs="+", help="default: cpu, plus cuda when available")
+    pnp.add_argument("--float64", action="store_true", help="inputs in float64 (default float32)")
+    pnp.add_argument("--noise", type=float, default=1.0, help="keypoint noise, pixels")
+    pnp.add_argument("--repeats", type=int, default=5)
+    pnp.set_defaults(run=_cmd_bench_pnp)
     return parser
 
 

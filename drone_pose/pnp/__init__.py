@@ -5,6 +5,7 @@ frame, K [3,3] or [B,3,3]) on any device and return camera<-object poses (R [B,3
 """
 
 from drone_pose.pnp.epnp import epnp
+from drone_pose.pnp.epro import derivative_regularization_loss, epro_pnp_loss
 from drone_pose.pnp.layer import pnp_layer
 from drone_pose.pnp.losses import projection_loss, regression_loss
 from drone_pose.pnp.result import PnPResult, PnPStatus
@@ -13,7 +14,9 @@ from drone_pose.pnp.solver import solve_pnp
 __all__ = [
     "PnPResult",
     "PnPStatus",
+    "derivative_regularization_loss",
     "epnp",
+    "epro_pnp_loss",
     "pnp_layer",
     "projection_loss",
     "regression_loss",
