@@ -20,6 +20,8 @@ from drone_pose.pnp.projection import broadcast_inputs
 
 PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))
 BETA_GAUSS_NEWTON_STEPS = 5
+_MONOMIAL_I = (0, 0, 1, 0, 1, 2, 0, 1, 2, 3)  # beta~ = beta_i beta_j in L's column order
+_MONOMIAL_J = (0, 1, 1, 2, 2, 2, 3, 3, 3, 3)
 
 
 def control_points_and_alphas(x3d: Tensor, point_weights: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,14 +86,12 @@ def _distance_system(kernel: Tensor, control: Tensor) -> tuple[Tensor, Tensor]:
     Column order of L: b11, b12, b22, b13, b23, b33, b14, b24, b34, b44.
     """
     dv = _kernel_pair_differences(kernel)  # [B,6,4,3]
-    dot = (dv.unsqueeze(-2) * dv.unsqueeze(-3)).sum(-1)  # [B,6,4,4]
-    columns = []
-    for j in range(4):
-        for i in range(j + 1):
-            columns.append(dot[..., i, j] if i == j else 2.0 * dot[..., i, j])
-    L = torch.stack(columns, dim=-1)
-    a = [p[0] for p in PAIRS]
-    b = [p[1] for p in PAIRS]
+    dot = dv @ dv.transpose(-1, -2)  # [B,6,4,4]
+    i = torch.tensor(_MONOMIAL_I, device=kernel.device)
+    j = torch.tensor(_MONOMIAL_J, device=kernel.device)
+    L = dot[..., i, j] * (2.0 - (i == j).to(dot.dtype))
+    a = torch.tensor([p[0] for p in PAIRS], device=kernel.device)
+    b = torch.tensor([p[1] for p in PAIRS], device=kernel.device)
     rho = ((control[:, a] - control[:, b]) ** 2).sum(-1)
     return L, rho
 
@@ -136,10 +136,6 @@ def _initial_betas(L: Tensor, rho: Tensor, all_candidates: bool = True) -> list[
     beta1, beta2 = _signed_sqrt_pair(b[:, 0], b[:, 2], b[:, 1])
     betas3 = torch.stack((beta1, beta2, b[:, 3] / safe(beta1), zeros), dim=-1)
     return [betas4, betas2, betas3]
-
-
-_MONOMIAL_I = (0, 0, 1, 0, 1, 2, 0, 1, 2, 3)  # beta~ = beta_i beta_j in L's column order
-_MONOMIAL_J = (0, 1, 1, 2, 2, 2, 3, 3, 3, 3)
 
 
 def _refine_betas(betas: Tensor, L: Tensor, rho: Tensor, steps: int = BETA_GAUSS_NEWTON_STEPS) -> Tensor:

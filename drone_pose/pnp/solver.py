@@ -109,7 +109,8 @@ def levenberg_marquardt(
         )
         step = -torch.linalg.solve_ex(system, gradient.unsqueeze(-1))[0].squeeze(-1)
         # A nearly undamped step below tolerance: the current pose is the optimum already.
-        small_step = step.norm(dim=-1) <= tolerance * (t.norm(dim=-1) + 1.0)
+        scale = t.norm(dim=-1) + 1.0
+        small_step = step.norm(dim=-1) <= tolerance * scale
         done = done | (small_step & (damping <= 1e-2))
         step = torch.where(done.unsqueeze(-1) | ~torch.isfinite(step), 0.0, step)
         R_new, t_new = apply_update(R, t, step)
@@ -118,7 +119,12 @@ def levenberg_marquardt(
         # Near the optimum a Newton step changes the cost by less than its rounding: allow that slack.
         accept = (cost_new <= cost + 1e-12 * cost.abs()) & torch.isfinite(cost_new) & ~done
         state = torch.where(accept[:, None], candidate, state)
-        done = done | (small_step & accept) | (damping >= 1e12)
+        # An accepted, undamped exact-Newton step below sqrt(tolerance) leaves an error of order
+        # tolerance (quadratic convergence): done without another iteration to confirm it.
+        newton_converged = (
+            accept & positive & (damping <= 1e-6) & (step.norm(dim=-1) <= tolerance**0.5 * scale)
+        )
+        done = done | (small_step & accept) | newton_converged | (damping >= 1e12)
         damping = torch.where(accept, damping * 0.1, damping * 10.0).clamp(1e-15, 1e12)
         finished = int(done.sum())
         # Compact once half the working set is finished: fewer ops per iteration than every time.
