@@ -1,0 +1,226 @@
+"""PoseEstimator: RGB images + intrinsics -> keypoints, pose camera<-drone, covariance, validity.
+
+The one inference path shared by the ROS node, bag evaluation, the demo and the tests:
+resize to the network input -> normalise -> heatmap network -> (HigherHRNet: average of the
+upsampled 1/4 maps and the 1/2 maps) -> sub-pixel decoding -> keypoints in the original image ->
+PnP with the given K. Images of any size are resized, and keypoints are mapped back to the
+original pixels exactly, so the caller's K is used unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from drone_pose.checkpoint import load_checkpoint, network_from_checkpoint
+from drone_pose.geometry.camera import project_points, validate_intrinsics
+from drone_pose.nets.decoding import decode_heatmaps
+from drone_pose.pnp import PnPStatus, solve_pnp
+
+
+@dataclass(frozen=True)
+class EstimatorThresholds:
+    """Validity thresholds: keypoint confidence (heatmap peak), keypoints needed, reprojection RMS (px)."""
+
+    min_keypoint_confidence: float = 0.1
+    min_keypoints: int = 6
+    max_reprojection_rms_px: float = 8.0
+    huber_px: float | None = 4.0
+
+
+@dataclass(frozen=True)
+class PoseEstimate:
+    """Results for a batch of B images (tensors on the CPU).
+
+    keypoints [B,K,2] original-image pixels; confidences [B,K]; R [B,3,3], t [B,3] metres
+    (camera optical frame <- drone body frame); covariance [B,6,6] (tx, ty, tz, rx, ry, rz);
+    reprojection_rms [B] px; valid [B] bool; reasons: per image "" when valid, else why not;
+    timings_ms: stage -> milliseconds for the whole batch.
+    """
+
+    keypoints: Tensor
+    confidences: Tensor
+    R: Tensor
+    t: Tensor
+    covariance: Tensor
+    reprojection_rms: Tensor
+    valid: Tensor
+    reasons: list[str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class PoseEstimator:
+    """Keypoint network + PnP for one drone model.
+
+    network: images [B,3,H,W] normalised -> list of heatmaps, finest last; keypoints_3d [K,3]
+    metres; input_size (width, height) of the network; mean/std: RGB normalisation.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        keypoints_3d: Tensor | np.ndarray,
+        input_size: tuple[int, int],
+        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        device: str | torch.device | None = None,
+        thresholds: EstimatorThresholds | None = None,
+        compile_network: bool = False,
+        warm_up: bool = True,
+        description: dict | None = None,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        self.use_cuda = self.device.type == "cuda"
+        self.network = network.eval().to(self.device)
+        if self.use_cuda:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        if compile_network:
+            self.network = torch.compile(self.network)
+        self.keypoints_3d = torch.tensor(np.asarray(keypoints_3d), dtype=torch.float64)
+        self.input_width, self.input_height = input_size
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        self.thresholds = thresholds or EstimatorThresholds()
+        self.description = description or {}
+        if warm_up:
+            self.estimate(
+                np.zeros((self.input_height, self.input_width, 3), np.uint8), _centre_intrinsics(input_size)
+            )
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str | torch.device | None = None, **options
+    ) -> PoseEstimator:
+        """Load a self-describing checkpoint (see drone_pose.checkpoint); clear errors when it is bad."""
+        checkpoint = load_checkpoint(path)
+        network = network_from_checkpoint(checkpoint, str(path))
+        spec = checkpoint["input"]
+        description = {
+            k: checkpoint[k] for k in ("network", "drone", "training", "metrics") if k in checkpoint
+        }
+        description["path"] = str(path)
+        return cls(
+            network,
+            np.asarray(checkpoint["drone"]["keypoints"], dtype=np.float64),
+            (spec["width"], spec["height"]),
+            tuple(spec["mean"]),
+            tuple(spec["std"]),
+            device=device,
+            description=description,
+            **options,
+        )
+
+    @torch.inference_mode()
+    def estimate(self, images: np.ndarray | Tensor, K: np.ndarray | Tensor) -> PoseEstimate:
+        """Poses for uint8 RGB images [B,H,W,3] (or one [H,W,3]) with intrinsics K [3,3] or [B,3,3]."""
+        timings: dict[str, float] = {}
+        start = self._clock()
+        batch_images = _as_image_batch(images)
+        batch, height, width = batch_images.shape[:3]
+        K64 = torch.as_tensor(np.asarray(K) if not isinstance(K, Tensor) else K, dtype=torch.float64).cpu()
+        validate_intrinsics(K64)
+        K64 = K64.expand(batch, 3, 3) if K64.ndim == 2 else K64
+        if K64.shape[0] != batch:
+            raise ValueError(f"got {batch} images but {K64.shape[0]} intrinsics matrices")
+
+        pixels = batch_images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        if (height, width) != (self.input_height, self.input_width):
+            pixels = F.interpolate(
+                pixels,
+                size=(self.input_height, self.input_width),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
+        pixels = (pixels - self.mean) / self.std
+        if self.use_cuda:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        timings["preprocess"] = self._clock() - start
+
+        start = self._clock()
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_cuda):
+            outputs = self.network(pixels)
+        heatmaps = self._aggregate([o[:, : self.keypoints_3d.shape[0]].float() for o in outputs])
+        timings["network"] = self._clock() - start
+
+        start = self._clock()
+        xy, confidences = decode_heatmaps(heatmaps)
+        stride_x = self.input_width / heatmaps.shape[-1]
+        stride_y = self.input_height / heatmaps.shape[-2]
+        # heatmap px -> network input px -> original image px (pixel centres at integers throughout)
+        scale = xy.new_tensor([stride_x * width / self.input_width, stride_y * height / self.input_height])
+        keypoints = ((xy + 0.5) * scale - 0.5).double().cpu()
+        confidences = confidences.double().cpu()
+        timings["decode"] = self._clock() - start
+
+        start = self._clock()
+        confident = confidences >= self.thresholds.min_keypoint_confidence
+        result = solve_pnp(
+            keypoints, self.keypoints_3d, K64, weights=confident.double(), huber=self.thresholds.huber_px
+        )
+        reprojected, _ = project_points(self.keypoints_3d, result.R, result.t, K64)
+        squared = ((reprojected - keypoints) ** 2).sum(-1)
+        rms = torch.sqrt((squared * confident).sum(-1) / confident.sum(-1).clamp_min(1))
+        timings["pnp"] = self._clock() - start
+
+        reasons = []
+        for b in range(batch):
+            if int(confident[b].sum()) < self.thresholds.min_keypoints:
+                reasons.append("low_confidence")
+            elif not bool(result.converged[b]):
+                reasons.append(f"solver_{PnPStatus(int(result.status[b])).name.lower()}")
+            elif not float(rms[b]) <= self.thresholds.max_reprojection_rms_px:
+                reasons.append("high_reprojection_error")
+            else:
+                reasons.append("")
+        valid = torch.tensor([r == "" for r in reasons])
+        timings["total"] = sum(timings.values())
+        return PoseEstimate(
+            keypoints, confidences, result.R, result.t, result.covariance, rms, valid, reasons, timings
+        )
+
+    def _aggregate(self, heatmaps: list[Tensor]) -> Tensor:
+        """The finest heatmaps; with several resolutions, the coarser ones upsampled and averaged in."""
+        finest = heatmaps[-1]
+        same_size = [h for h in heatmaps if h.shape[-2:] == finest.shape[-2:]]
+        if len(same_size) == len(heatmaps) and len(heatmaps) > 1:  # stacked hourglass: last stack only
+            return finest
+        total = finest
+        for h in heatmaps[:-1]:
+            total = total + F.interpolate(h, size=finest.shape[-2:], mode="bilinear", align_corners=False)
+        return total / len(heatmaps)
+
+    def _clock(self) -> float:
+        if self.use_cuda:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() * 1e3
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _centre_intrinsics(size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    return np.array([[width, 0.0, width / 2], [0.0, width, height / 2], [0.0, 0.0, 1.0]])
+
+
+def _as_image_batch(images: np.ndarray | Tensor) -> Tensor:
+    """uint8 RGB images as a tensor [B,H,W,3]; raises ValueError for anything else."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(0)
+    if tensor.ndim != 4 or tensor.shape[-1] != 3 or tensor.dtype != torch.uint8:
+        raise ValueError(
+            f"images must be uint8 RGB [B, H, W, 3] or [H, W, 3], got {tuple(tensor.shape)} {tensor.dtype}"
+        )
+    if min(tensor.shape[1:3]) < 8:
+        raise ValueError(f"images of {tensor.shape[2]}x{tensor.shape[1]} pixels are too small")
+    return tensor

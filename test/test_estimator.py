@@ -1,0 +1,133 @@
+"""PoseEstimator: pose recovery through decoding + PnP, a real network forward, checkpoint errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from drone_pose.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
+from drone_pose.data.drones import load_drone
+from drone_pose.estimator import PoseEstimator
+from drone_pose.geometry.camera import PinholeCamera, project_points
+from drone_pose.geometry.rotations import axis_angle_to_matrix
+from drone_pose.nets import build_network, image_to_heatmap
+from drone_pose.pnp.problems import pose_errors_deg_m
+
+INPUT = (320, 240)
+
+
+class HeatmapStandIn(nn.Module):
+    """Plumbing stand-in for a network: returns Gaussian heatmaps at given keypoints, ignores pixels."""
+
+    def __init__(self, keypoints_input_px: torch.Tensor, strides: tuple[int, ...]) -> None:
+        super().__init__()
+        self.keypoints = keypoints_input_px  # [B,K,2] network-input pixels
+        self.strides = strides
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        outputs = []
+        for stride in self.strides:
+            h, w = -(-images.shape[-2] // stride), -(-images.shape[-1] // stride)
+            centre = image_to_heatmap(self.keypoints, stride).float()
+            yy, xx = torch.meshgrid(
+                torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij"
+            )
+            sigma = 2.0 * 4 / stride
+            d2 = (xx - centre[..., 0, None, None]) ** 2 + (yy - centre[..., 1, None, None]) ** 2
+            outputs.append(torch.exp(-d2 / (2 * sigma**2)) + self.anchor)
+        return outputs
+
+
+def known_poses(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    R = axis_angle_to_matrix(
+        torch.tensor([[0.3, -0.2, 0.1], [-0.5, 0.4, 2.0], [1.2, 0.1, -0.3]], dtype=torch.float64)
+    )[:count]
+    t = torch.tensor([[0.1, -0.05, 1.6], [-0.3, 0.2, 2.5], [0.2, 0.1, 1.2]], dtype=torch.float64)[:count]
+    return R, t
+
+
+@pytest.mark.parametrize(
+    ("strides", "pixel_tolerance", "degrees_tolerance"),
+    [
+        ((4,), 0.02, 0.1),
+        ((4, 2), 0.15, 0.4),
+    ],  # bilinear upsampling of the 1/4 maps (HigherHRNet) costs ~0.1 px
+)
+def test_estimator_recovers_a_known_pose_from_consistent_heatmaps(
+    strides, pixel_tolerance, degrees_tolerance
+):
+    """Original images at 640x480 (network input 320x240): keypoints map back to original pixels exactly."""
+    drone = load_drone("m2ed")
+    camera = PinholeCamera.uava().resized(640, 480)
+    K = camera.K(torch.float64)
+    R, t = known_poses(3)
+    uv, _ = project_points(drone.keypoints_tensor(torch.float64), R, t, K)
+    uv_input = (uv + 0.5) * 0.5 - 0.5  # original (640x480) -> network input (320x240) pixels
+    estimator = PoseEstimator(HeatmapStandIn(uv_input, strides), drone.keypoints, INPUT, warm_up=False)
+    result = estimator.estimate(np.zeros((3, 480, 640, 3), np.uint8), K.numpy())
+    assert result.valid.all(), result.reasons
+    torch.testing.assert_close(result.keypoints, uv, atol=pixel_tolerance, rtol=0)
+    rotation, translation = pose_errors_deg_m(result.R, result.t, R, t)
+    assert rotation.max() < degrees_tolerance
+    assert (translation / t.norm(dim=-1)).max() < 20 * pixel_tolerance / 100
+    assert set(result.timings_ms) == {"preprocess", "network", "decode", "pnp", "total"}
+
+
+@pytest.fixture(scope="module")
+def lite_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    drone = load_drone("m2ed")
+    network = build_network("hrnet_lite")
+    path = tmp_path_factory.mktemp("ckpt") / "lite.pt"
+    return save_checkpoint(make_checkpoint(network, "hrnet_lite", drone, INPUT), path)
+
+
+def test_a_real_network_runs_through_the_whole_path_on_cpu(lite_checkpoint):
+    estimator = PoseEstimator.from_checkpoint(lite_checkpoint, device="cpu")
+    images = np.random.default_rng(0).integers(0, 255, (2, 240, 320, 3), dtype=np.uint8)
+    result = estimator.estimate(images, PinholeCamera.uava().K(torch.float64).numpy())
+    assert result.keypoints.shape == (2, 9, 2)
+    for tensor in (result.keypoints, result.R, result.t, result.covariance, result.confidences):
+        assert torch.isfinite(tensor).all()
+    assert len(result.reasons) == 2
+    assert all(reason == "" or reason for reason in result.reasons)
+    assert not result.valid.any(), "an untrained network must not produce a confident pose"
+
+
+def test_checkpoint_errors_are_clear(lite_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        PoseEstimator.from_checkpoint(tmp_path / "missing.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(lite_checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="not a readable"):
+        PoseEstimator.from_checkpoint(corrupt)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a drone_pose checkpoint"):
+        PoseEstimator.from_checkpoint(foreign)
+    checkpoint = torch.load(lite_checkpoint, weights_only=True)
+    checkpoint["network"] = {**checkpoint["network"], "stem_channels": 48}
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(checkpoint, mismatched)
+    with pytest.raises(CheckpointError, match="weights do not match"):
+        PoseEstimator.from_checkpoint(mismatched)
+    checkpoint = torch.load(lite_checkpoint, weights_only=True)
+    checkpoint["drone"]["keypoints"] = checkpoint["drone"]["keypoints"][:5]
+    with pytest.raises(CheckpointError, match="9 heatmaps but drone has 5"):
+        save_checkpoint(checkpoint, tmp_path / "five.pt")
+
+
+def test_bad_images_and_intrinsics_are_rejected(lite_checkpoint):
+    estimator = PoseEstimator.from_checkpoint(lite_checkpoint, device="cpu")
+    K = PinholeCamera.uava().K(torch.float64).numpy()
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        estimator.estimate(np.zeros((240, 320, 3), np.float32), K)
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        estimator.estimate(np.zeros((240, 320), np.uint8), K)
+    with pytest.raises(ValueError, match="focal length"):
+        estimator.estimate(np.zeros((240, 320, 3), np.uint8), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="2 images but 3 intrinsics"):
+        estimator.estimate(np.zeros((2, 240, 320, 3), np.uint8), np.stack([K] * 3))
