@@ -22,11 +22,10 @@ from torch import nn
 
 from drone_pose.nets.build import NetworkConfigError, build_network, network_config
 from drone_pose.nets.hrnet import StageConfig
+from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "drone_pose.checkpoint"
 VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class CheckpointError(ValueError):

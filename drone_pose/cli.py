@@ -66,6 +66,29 @@ def _cmd_bench_pnp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_net(args: argparse.Namespace) -> int:
+    from drone_pose.nets.benchmark import run_benchmark
+
+    report = run_benchmark(
+        architectures=tuple(args.architectures),
+        devices=tuple(args.devices) if args.devices else None,
+        width=args.width,
+        height=args.height,
+        throughput_batch=args.batch,
+        repeats=args.repeats,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from drone_pose.export import export_checkpoint
+
+    report = export_checkpoint(args.checkpoint, args.out, args.format, verify=not args.no_verify)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -95,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
     pnp.add_argument("--noise", type=float, default=1.0, help="keypoint noise, pixels")
     pnp.add_argument("--repeats", type=int, default=5)
     pnp.set_defaults(run=_cmd_bench_pnp)
+    from drone_pose.nets.benchmark import STUDY_ARCHITECTURES
+
+    net = bench.add_parser("net", help="keypoint networks: parameters, GFLOPs, latency, throughput")
+    net.add_argument("--architectures", nargs="+", default=list(STUDY_ARCHITECTURES))
+    net.add_argument("--devices", nargs="+", help="default: cpu, plus cuda when available")
+    net.add_argument("--width", type=int, default=320)
+    net.add_argument("--height", type=int, default=240)
+    net.add_argument("--batch", type=int, default=8, help="batch size of the throughput figure")
+    net.add_argument("--repeats", type=int, default=10)
+    net.set_defaults(run=_cmd_bench_net)
+
+    export = commands.add_parser("export", help="a checkpoint's heatmap model as ONNX or TorchScript")
+    export.add_argument("--checkpoint", required=True, help="drone_pose checkpoint (.pt)")
+    export.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    export.add_argument("--out", help="output file (default: next to the checkpoint, .onnx or .ts)")
+    export.add_argument("--no-verify", action="store_true", help="skip the comparison with PyTorch")
+    export.set_defaults(run=_cmd_export)
     return parser
 
 

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from drone_pose.checkpoint import load_checkpoint, network_from_checkpoint
 from drone_pose.geometry.camera import project_points, validate_intrinsics
 from drone_pose.nets.decoding import decode_heatmaps
+from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
 from drone_pose.pnp import PnPStatus, solve_pnp
 
 
@@ -67,8 +68,8 @@ class PoseEstimator:
         network: nn.Module,
         keypoints_3d: Tensor | np.ndarray,
         input_size: tuple[int, int],
-        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
-        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
         device: str | torch.device | None = None,
         thresholds: EstimatorThresholds | None = None,
         compile_network: bool = False,
@@ -77,15 +78,13 @@ class PoseEstimator:
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.use_cuda = self.device.type == "cuda"
-        self.network = network.eval().to(self.device)
-        if self.use_cuda:
-            self.network = self.network.to(memory_format=torch.channels_last)
-        if compile_network:
-            self.network = torch.compile(self.network)
         self.keypoints_3d = torch.tensor(np.asarray(keypoints_3d), dtype=torch.float64)
+        self.predictor = HeatmapPredictor(network, self.keypoints_3d.shape[0], mean, std).eval()
+        self.predictor = self.predictor.to(self.device)
+        if self.use_cuda:
+            self.predictor = self.predictor.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.predictor) if compile_network else self.predictor
         self.input_width, self.input_height = input_size
-        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self.thresholds = thresholds or EstimatorThresholds()
         self.description = description or {}
         if warm_up:
@@ -138,15 +137,13 @@ class PoseEstimator:
                 align_corners=False,
                 antialias=True,
             )
-        pixels = (pixels - self.mean) / self.std
         if self.use_cuda:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         timings["preprocess"] = self._clock() - start
 
         start = self._clock()
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_cuda):
-            outputs = self.network(pixels)
-        heatmaps = self._aggregate([o[:, : self.keypoints_3d.shape[0]].float() for o in outputs])
+            heatmaps = self._forward(pixels)
         timings["network"] = self._clock() - start
 
         start = self._clock()
@@ -184,17 +181,6 @@ class PoseEstimator:
         return PoseEstimate(
             keypoints, confidences, result.R, result.t, result.covariance, rms, valid, reasons, timings
         )
-
-    def _aggregate(self, heatmaps: list[Tensor]) -> Tensor:
-        """The finest heatmaps; with several resolutions, the coarser ones upsampled and averaged in."""
-        finest = heatmaps[-1]
-        same_size = [h for h in heatmaps if h.shape[-2:] == finest.shape[-2:]]
-        if len(same_size) == len(heatmaps) and len(heatmaps) > 1:  # stacked hourglass: last stack only
-            return finest
-        total = finest
-        for h in heatmaps[:-1]:
-            total = total + F.interpolate(h, size=finest.shape[-2:], mode="bilinear", align_corners=False)
-        return total / len(heatmaps)
 
     def _clock(self) -> float:
         if self.use_cuda:

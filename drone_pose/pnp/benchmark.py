@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import cv2
@@ -17,24 +14,10 @@ from drone_pose.pnp.epro import epro_pnp_loss
 from drone_pose.pnp.layer import pnp_layer
 from drone_pose.pnp.problems import PnPProblems, generic_problems, pose_errors_deg_m, uava_problems
 from drone_pose.pnp.solver import solve_pnp
+from drone_pose.timing import machine_info, median_ms
 
 PROBLEM_SETS = {"uava_m2ed": uava_problems, "generic": generic_problems}
 OPENCV_FLAGS = {"cv2_sqpnp": cv2.SOLVEPNP_SQPNP, "cv2_iterative": cv2.SOLVEPNP_ITERATIVE}
-
-
-def _time_ms(run: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of run() in milliseconds after one warm-up call."""
-    run()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
 
 
 def _accuracy(R: torch.Tensor, t: torch.Tensor, problems: PnPProblems) -> dict[str, float]:
@@ -72,7 +55,7 @@ def benchmark_case(problems: PnPProblems, device: torch.device, dtype: torch.dty
 
     result = solve_pnp(x2d, x3d, K)
     methods["lm"] = {
-        "forward_ms": _time_ms(lambda: solve_pnp(x2d, x3d, K), device, repeats),
+        "forward_ms": median_ms(lambda: solve_pnp(x2d, x3d, K), device, repeats),
         "converged": result.converged.double().mean().item(),
         **_accuracy(result.R, result.t, problems),
     }
@@ -83,7 +66,7 @@ def benchmark_case(problems: PnPProblems, device: torch.device, dtype: torch.dty
             pose = pnp_layer(keypoints, x3d, K, grad=mode)
             (pose.R.sum() + pose.t.sum()).backward()
 
-        methods[name] = {"forward_backward_ms": _time_ms(forward_backward, device, repeats)}
+        methods[name] = {"forward_backward_ms": median_ms(forward_backward, device, repeats)}
 
     def epnp_forward_backward() -> None:
         keypoints = x2d.clone().requires_grad_()
@@ -92,8 +75,8 @@ def benchmark_case(problems: PnPProblems, device: torch.device, dtype: torch.dty
 
     R, t = epnp(x2d, x3d, K)
     methods["epnp"] = {
-        "forward_ms": _time_ms(lambda: epnp(x2d, x3d, K), device, repeats),
-        "forward_backward_ms": _time_ms(epnp_forward_backward, device, repeats),
+        "forward_ms": median_ms(lambda: epnp(x2d, x3d, K), device, repeats),
+        "forward_backward_ms": median_ms(epnp_forward_backward, device, repeats),
         **_accuracy(R, t, problems),
     }
     weights = torch.ones_like(x2d)
@@ -103,11 +86,11 @@ def benchmark_case(problems: PnPProblems, device: torch.device, dtype: torch.dty
         keypoints, w = x2d.clone().requires_grad_(), weights.clone().requires_grad_()
         epro_pnp_loss(keypoints, x3d, K, w, R_gt, t_gt).backward()
 
-    methods["epro_pnp_kl_loss"] = {"forward_backward_ms": _time_ms(epro_forward_backward, device, repeats)}
+    methods["epro_pnp_kl_loss"] = {"forward_backward_ms": median_ms(epro_forward_backward, device, repeats)}
     for name, flag in OPENCV_FLAGS.items():
         R, t, run = _opencv_poses(problems, flag)
         methods[name] = {
-            "forward_ms": _time_ms(run, torch.device("cpu"), repeats),
+            "forward_ms": median_ms(run, torch.device("cpu"), repeats),
             **_accuracy(R, t, problems),
         }
     lm_ms, sqpnp_ms = methods["lm"]["forward_ms"], methods["cv2_sqpnp"]["forward_ms"]
@@ -146,13 +129,7 @@ def run_benchmark(
                 cases.append(benchmark_case(problems, device, dtype, repeats))
     return {
         "benchmark": "pnp",
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "machine": machine_info(),
         "noise_px": noise_px,
         "repeats": repeats,
         "cases": cases,

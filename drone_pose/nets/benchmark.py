@@ -1,0 +1,113 @@
+"""Keypoint-network benchmark: parameters, GFLOPs, latency and throughput, as a JSON-ready dict.
+
+Each architecture runs as the estimator runs it (`HeatmapPredictor`: normalisation, network,
+output aggregation) in inference mode; on CUDA with fp16 autocast and channels_last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from drone_pose.nets.build import PRESETS, build_network, count_parameters
+from drone_pose.nets.inference import HeatmapPredictor
+from drone_pose.timing import machine_info, median_ms
+
+STUDY_ARCHITECTURES = ("hrnet_lite", "hrnet_w48", "higher_hrnet_w48", "hourglass")
+
+
+def count_gflops(model: torch.nn.Module, images: torch.Tensor) -> float:
+    """Floating-point operations (multiply and add counted apart, i.e. 2 x MACs) of one forward, in 1e9."""
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(images)
+    return counter.get_total_flops() / 1e9
+
+
+def benchmark_network(
+    name: str,
+    device: torch.device,
+    width: int = 320,
+    height: int = 240,
+    throughput_batch: int = 8,
+    repeats: int = 10,
+) -> dict:
+    """One architecture on one device: parameters, GFLOPs per image, batch-1 latency, batch-N throughput."""
+    network = build_network(name)
+    keypoints = network.config.heatmaps
+    predictor = HeatmapPredictor(network, keypoints).eval()
+    gflops = count_gflops(predictor, torch.rand(1, 3, height, width))
+    predictor = predictor.to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        predictor = predictor.to(memory_format=torch.channels_last)
+
+    def forward(batch: torch.Tensor):
+        def run() -> None:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+                predictor(batch)
+
+        return run
+
+    single = torch.rand(1, 3, height, width, device=device)
+    several = torch.rand(throughput_batch, 3, height, width, device=device)
+    if cuda:
+        single = single.contiguous(memory_format=torch.channels_last)
+        several = several.contiguous(memory_format=torch.channels_last)
+    latency = median_ms(forward(single), device, repeats, warm_up=2)
+    batch_ms = median_ms(forward(several), device, max(3, repeats // 2), warm_up=2)
+    pipeline_ms = _estimator_ms(network, device, width, height, repeats)
+    return {
+        "architecture": name,
+        "device": str(device),
+        "precision": "fp16 autocast" if cuda else "fp32",
+        "input": [width, height],
+        "parameters_m": round(count_parameters(network) / 1e6, 3),
+        "gflops": round(gflops, 3),
+        "latency_ms_batch1": round(latency, 3),
+        "frames_per_s_batch1": round(1e3 / latency, 1),
+        f"throughput_images_per_s_batch{throughput_batch}": round(throughput_batch * 1e3 / batch_ms, 1),
+        "estimator_ms_batch1": round(pipeline_ms, 3),
+        "estimator_frames_per_s_batch1": round(1e3 / pipeline_ms, 1),
+    }
+
+
+def _estimator_ms(
+    network: torch.nn.Module, device: torch.device, width: int, height: int, repeats: int
+) -> float:
+    """Median time of the whole PoseEstimator path (uint8 image -> pose) for one image, M2ED keypoints."""
+    from drone_pose.data.drones import load_drone
+    from drone_pose.estimator import PoseEstimator
+
+    drone = load_drone("m2ed")
+    estimator = PoseEstimator(network, drone.keypoints, (width, height), device=device, warm_up=False)
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    K = np.array([[252.7, 0.0, width / 2], [0.0, 252.7, height / 2], [0.0, 0.0, 1.0]])
+    return median_ms(lambda: estimator.estimate(image, K), device, repeats, warm_up=2)
+
+
+def run_benchmark(
+    architectures: tuple[str, ...] = STUDY_ARCHITECTURES,
+    devices: tuple[str, ...] | None = None,
+    width: int = 320,
+    height: int = 240,
+    throughput_batch: int = 8,
+    repeats: int = 10,
+) -> dict:
+    """Every architecture on every device (default: CPU, plus CUDA when available)."""
+    unknown = [name for name in architectures if name not in PRESETS]
+    if unknown:
+        raise ValueError(f"unknown architectures {unknown}; presets: {', '.join(PRESETS)}")
+    if devices is None:
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    results = [
+        benchmark_network(name, torch.device(device), width, height, throughput_batch, repeats)
+        for device in devices
+        for name in architectures
+    ]
+    return {
+        "benchmark": "net",
+        "machine": machine_info(),
+        "results": results,
+    }

@@ -1,0 +1,79 @@
+"""Deployment export: ONNX and TorchScript files give the PyTorch heatmaps and carry their description."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from drone_pose.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
+from drone_pose.cli import main
+from drone_pose.data.drones import load_drone
+from drone_pose.export import export_checkpoint, predictor_from_checkpoint, read_export_metadata
+from drone_pose.nets import build_network
+
+INPUT = (160, 128)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory):
+    torch.manual_seed(0)
+    network = build_network("hrnet_lite")
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so eval mode differs from identity
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("export") / "lite.pt"
+    return save_checkpoint(make_checkpoint(network, "hrnet_lite", load_drone("tello"), INPUT), path)
+
+
+def reference_heatmaps(checkpoint_path, images: torch.Tensor) -> np.ndarray:
+    predictor = predictor_from_checkpoint(load_checkpoint(checkpoint_path), "test")
+    with torch.inference_mode():
+        return predictor(images).numpy()
+
+
+def test_onnx_export_matches_pytorch_at_several_batch_sizes(checkpoint_path, tmp_path):
+    import onnxruntime
+
+    report = export_checkpoint(checkpoint_path, tmp_path / "lite.onnx", "onnx")
+    assert report["output"]["shape"] == ["batch", 9, 32, 40]
+    assert max(report["verification"]["max_abs_difference"].values()) < 1e-4
+    session = onnxruntime.InferenceSession(str(tmp_path / "lite.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 5):
+        images = torch.rand(batch, 3, INPUT[1], INPUT[0], generator=torch.Generator().manual_seed(batch))
+        (heatmaps,) = session.run(None, {"images": images.numpy()})
+        expected = reference_heatmaps(checkpoint_path, images)
+        assert heatmaps.shape == (batch, 9, 32, 40)
+        np.testing.assert_allclose(heatmaps, expected, atol=1e-4, rtol=0)
+    metadata = read_export_metadata(tmp_path / "lite.onnx")
+    assert metadata["drone"]["name"] == "tello"
+    assert metadata["input"]["width"] == INPUT[0]
+    assert len(metadata["drone"]["keypoints"]) == 9
+
+
+def test_torchscript_export_through_the_cli_matches_pytorch(checkpoint_path, tmp_path, capsys):
+    out = tmp_path / "lite.ts"
+    assert (
+        main(["export", "--checkpoint", str(checkpoint_path), "--format", "torchscript", "--out", str(out)])
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["path"] == str(out)
+    assert max(report["verification"]["max_abs_difference"].values()) < 1e-5
+    module = torch.jit.load(str(out))
+    images = torch.rand(2, 3, INPUT[1], INPUT[0], generator=torch.Generator().manual_seed(7))
+    with torch.inference_mode():
+        heatmaps = module(images).numpy()
+    np.testing.assert_allclose(heatmaps, reference_heatmaps(checkpoint_path, images), atol=1e-5, rtol=0)
+    assert read_export_metadata(out)["drone"]["name"] == "tello"
+
+
+def test_export_errors_are_clear(checkpoint_path, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        export_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="export format must be one of"):
+        export_checkpoint(checkpoint_path, tmp_path / "x.bin", "tflite")
