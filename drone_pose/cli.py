@@ -89,6 +89,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from drone_pose.data.generate import generate_dataset
+    from drone_pose.data.poses import PoseSamplingConfig
+    from drone_pose.data.synth import SceneConfig
+
+    index = generate_dataset(
+        args.drone,
+        args.count,
+        args.out,
+        seed=args.seed,
+        workers=args.workers,
+        shard_size=args.shard_size,
+        fractions=tuple(args.splits),
+        width=args.width,
+        height=args.height,
+        scene=SceneConfig(background_folder=args.backgrounds),
+        poses=PoseSamplingConfig(keep_inside=not args.allow_outside),
+        lossless=args.lossless,
+    )
+    summary = {key: index[key] for key in ("drone", "count", "seed", "camera", "statistics", "generation")}
+    summary["splits"] = {split: sum(s["count"] for s in shards) for split, shards in index["splits"].items()}
+    summary["out"] = str(args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -128,6 +154,25 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--batch", type=int, default=8, help="batch size of the throughput figure")
     net.add_argument("--repeats", type=int, default=10)
     net.set_defaults(run=_cmd_bench_net)
+
+    synth = commands.add_parser("synth", help="render a synthetic UAVA-like dataset (sharded, split)")
+    synth.add_argument("--drone", default="m2ed", help="built-in drone name or drone YAML path")
+    synth.add_argument("--count", type=int, default=1000)
+    synth.add_argument("--out", required=True, help="output folder (created; must be empty)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, help="processes (default: one per core)")
+    synth.add_argument("--shard-size", type=int, default=256)
+    synth.add_argument(
+        "--splits", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST")
+    )
+    synth.add_argument("--width", type=int, help="image width (default 320, the UAVA camera)")
+    synth.add_argument("--height", type=int, help="image height (default 240)")
+    synth.add_argument("--backgrounds", help="folder of background photos (used for half the images)")
+    synth.add_argument(
+        "--allow-outside", action="store_true", help="keep poses whose keypoints leave the image (robustness)"
+    )
+    synth.add_argument("--lossless", action="store_true", help="PNG images instead of JPEG quality 95")
+    synth.set_defaults(run=_cmd_synth)
 
     export = commands.add_parser("export", help="a checkpoint's heatmap model as ONNX or TorchScript")
     export.add_argument("--checkpoint", required=True, help="drone_pose checkpoint (.pt)")

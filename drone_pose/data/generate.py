@@ -1,0 +1,217 @@
+"""Render a synthetic dataset to disk: deterministic per seed, sharded, split, on every core.
+
+Sample i gets its own random stream SeedSequence((seed, i)) for its pose and its scene, so the
+result does not depend on the number of workers or the shard size. Samples 0..n_train-1 form the
+train split, the next n_val the val split, the rest the test split.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drone_pose.data.drones import load_drone
+from drone_pose.data.poses import PoseSamplingConfig, sample_poses
+from drone_pose.data.shards import FORMAT, INDEX_FILE, VERSION, encode_shard, write_shard
+from drone_pose.data.synth import SceneConfig, check_camera, render_scene
+from drone_pose.geometry.camera import PinholeCamera
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    """One shard to render: samples first..first+count-1 of `split`, shard number `number`."""
+
+    split: str
+    number: int
+    first: int
+    count: int
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    """Everything a worker needs (picklable): drone, camera, seed, configs, output folder."""
+
+    drone: str
+    K: tuple[tuple[float, ...], ...]
+    width: int
+    height: int
+    seed: int
+    out: str
+    scene: SceneConfig
+    poses: PoseSamplingConfig
+    lossless: bool = False
+
+
+def render_sample(spec: GenerationSpec, index: int, drone=None) -> dict[str, Any]:
+    """Render sample `index` of the dataset described by spec (pose and scene from (seed, index))."""
+    drone = drone or load_drone(spec.drone)
+    K = np.array(spec.K)
+    pose_seed, scene_seed = np.random.SeedSequence((spec.seed, index)).spawn(2)
+    poses = sample_poses(drone, K, spec.width, spec.height, 1, np.random.default_rng(pose_seed), spec.poses)
+    scene = render_scene(drone, poses.R[0], poses.t[0], K, spec.width, spec.height, scene_seed, spec.scene)
+    return {"scene": scene, "tilt_deg": float(poses.tilt_deg[0])}
+
+
+def _render_shard(arguments: tuple[GenerationSpec, GenerationJob]) -> dict[str, Any]:
+    spec, job = arguments
+    import torch
+
+    torch.set_num_threads(1)  # one process per core already
+    drone = load_drone(spec.drone)
+    samples = [render_sample(spec, job.first + i, drone) for i in range(job.count)]
+    scenes = [s["scene"] for s in samples]
+    arrays = encode_shard(
+        [s.image for s in scenes],
+        [s.mask for s in scenes],
+        np.stack([s.keypoints for s in scenes]),
+        np.stack([s.visibility for s in scenes]),
+        np.stack([s.bbox for s in scenes]),
+        np.stack([s.R for s in scenes]),
+        np.stack([s.t for s in scenes]),
+        np.arange(job.first, job.first + job.count),
+        spec.lossless,
+    )
+    name = f"{job.split}-{job.number:05d}.npz"
+    write_shard(Path(spec.out) / name, arrays)
+    bbox = np.stack([s.bbox for s in scenes])
+    return {
+        "split": job.split,
+        "number": job.number,
+        "file": name,
+        "count": job.count,
+        "size_px": (spec.K[0][0] * drone.diagonal / arrays["t"][:, 2]).tolist(),
+        "distance_m": np.linalg.norm(arrays["t"], axis=1).tolist(),
+        "tilt_deg": [s["tilt_deg"] for s in samples],
+        "visible_keypoints": arrays["visibility"].mean(1).tolist(),
+        "bbox_px": np.maximum(bbox[:, 2] - bbox[:, 0], bbox[:, 3] - bbox[:, 1]).tolist(),
+    }
+
+
+def plan_jobs(count: int, fractions: tuple[float, float, float], shard_size: int) -> list[GenerationJob]:
+    """Shards of at most shard_size samples per split; splits take consecutive sample indices."""
+    if count <= 0:
+        raise ValueError(f"count must be positive, got {count}")
+    if shard_size <= 0:
+        raise ValueError(f"shard size must be positive, got {shard_size}")
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    n_train = round(fractions[0] * count)
+    n_val = min(round(fractions[1] * count), count - n_train)
+    sizes = {"train": n_train, "val": n_val, "test": count - n_train - n_val}
+    jobs, first = [], 0
+    for split in SPLITS:
+        for number, start in enumerate(range(0, sizes[split], shard_size)):
+            jobs.append(GenerationJob(split, number, first + start, min(shard_size, sizes[split] - start)))
+        first += sizes[split]
+    return jobs
+
+
+def generate_dataset(
+    drone: str,
+    count: int,
+    out: str | Path,
+    seed: int = 0,
+    workers: int | None = None,
+    shard_size: int = 256,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    K: np.ndarray | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    scene: SceneConfig | None = None,
+    poses: PoseSamplingConfig | None = None,
+    progress: bool = True,
+    lossless: bool = False,
+) -> dict[str, Any]:
+    """Render `count` samples into `out` (created; must be empty or absent) and write dataset.json.
+
+    Returns the index written to dataset.json, with scale statistics and the throughput.
+    """
+    if not str(out).strip():
+        raise ValueError("the output directory path is empty")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} exists and is not an empty directory")
+    load_drone(drone)  # fail now for an unknown drone
+    uava = PinholeCamera.uava()
+    width, height = width or uava.width, height or uava.height
+    if K is None:
+        K = uava.resized(width, height).K().double().numpy()
+    K = check_camera(K, width, height)
+    jobs = plan_jobs(count, fractions, shard_size)
+    spec = GenerationSpec(
+        drone,
+        tuple(map(tuple, K.tolist())),
+        width,
+        height,
+        seed,
+        str(out),
+        scene or SceneConfig(),
+        poses or PoseSamplingConfig(),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+
+    start = time.perf_counter()
+    results = []
+    from tqdm import tqdm
+
+    with tqdm(total=count, unit="img", desc=f"synth {drone}", disable=not progress) as bar:
+        if workers == 1:
+            for job in jobs:
+                results.append(_render_shard((spec, job)))
+                bar.update(job.count)
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for result in pool.imap_unordered(_render_shard, [(spec, job) for job in jobs]):
+                    results.append(result)
+                    bar.update(result["count"])
+    seconds = time.perf_counter() - start
+    results.sort(key=lambda r: (SPLITS.index(r["split"]), r["number"]))
+    index = {
+        "format": FORMAT,
+        "version": VERSION,
+        "drone": drone,
+        "camera": {"width": width, "height": height, "K": K.tolist()},
+        "seed": seed,
+        "count": count,
+        "splits": {
+            split: [{"file": r["file"], "count": r["count"]} for r in results if r["split"] == split]
+            for split in SPLITS
+        },
+        "image_encoding": "png" if lossless else "jpeg95",
+        "scene": asdict(spec.scene),
+        "poses": asdict(spec.poses),
+        "statistics": _statistics(results),
+        "generation": {
+            "seconds": round(seconds, 2),
+            "images_per_s": round(count / seconds, 1),
+            "workers": workers,
+        },
+    }
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    return index
+
+
+def _statistics(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """min / percentiles / max of the scale figures over all samples."""
+    summary = {}
+    for key in ("size_px", "distance_m", "tilt_deg", "visible_keypoints", "bbox_px"):
+        values = np.concatenate([r[key] for r in results])
+        p5, p50, p95 = np.percentile(values, [5, 50, 95])
+        summary[key] = {
+            "min": round(float(values.min()), 4),
+            "p5": round(float(p5), 4),
+            "median": round(float(p50), 4),
+            "p95": round(float(p95), 4),
+            "max": round(float(values.max()), 4),
+        }
+    return summary
