@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from drone_pose.data.drones import load_drone
+from drone_pose.data.drones import DroneModel, load_drone
 from drone_pose.data.poses import PoseSamplingConfig, sample_poses
 from drone_pose.data.shards import FORMAT, INDEX_FILE, VERSION, encode_shard, write_shard
 from drone_pose.data.synth import SceneConfig, check_camera, render_scene
@@ -51,7 +51,7 @@ class GenerationSpec:
     lossless: bool = False
 
 
-def render_sample(spec: GenerationSpec, index: int, drone=None) -> dict[str, Any]:
+def render_sample(spec: GenerationSpec, index: int, drone: DroneModel | None = None) -> dict[str, Any]:
     """Render sample `index` of the dataset described by spec (pose and scene from (seed, index))."""
     drone = drone or load_drone(spec.drone)
     K = np.array(spec.K)

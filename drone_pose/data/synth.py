@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from drone_pose.data.drones import DroneModel
 from drone_pose.data.rasterize import rasterize
@@ -84,8 +85,6 @@ def check_camera(K: np.ndarray, width: int, height: int) -> np.ndarray:
     ):
         raise ValueError(f"image size must be integers of at least 8 pixels, got {width}x{height}")
     K = np.asarray(K, dtype=np.float64)
-    import torch
-
     validate_intrinsics(torch.from_numpy(K))
     return K
 
