@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from drone_pose.data.drones import DroneModel, load_drone
-from drone_pose.data.poses import PoseSamplingConfig, sample_poses
+from drone_pose.data.poses import PoseSamplingConfig, apparent_size_px, sample_poses
 from drone_pose.data.shards import FORMAT, INDEX_FILE, VERSION, encode_shard, write_shard
 from drone_pose.data.synth import SceneConfig, check_camera, render_scene
 from drone_pose.geometry.camera import PinholeCamera
@@ -82,13 +82,13 @@ def _render_shard(arguments: tuple[GenerationSpec, GenerationJob]) -> dict[str, 
     )
     name = f"{job.split}-{job.number:05d}.npz"
     write_shard(Path(spec.out) / name, arrays)
-    bbox = np.stack([s.bbox for s in scenes])
+    bbox = arrays["bbox"]
     return {
         "split": job.split,
         "number": job.number,
         "file": name,
         "count": job.count,
-        "size_px": (spec.K[0][0] * drone.diagonal / arrays["t"][:, 2]).tolist(),
+        "size_px": apparent_size_px(drone, arrays["t"], np.array(spec.K)).tolist(),
         "distance_m": np.linalg.norm(arrays["t"], axis=1).tolist(),
         "tilt_deg": [s["tilt_deg"] for s in samples],
         "visible_keypoints": arrays["visibility"].mean(1).tolist(),
