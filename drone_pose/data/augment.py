@@ -1,0 +1,185 @@
+"""Training-time augmentation of (image, mask, keypoints, K, pose) samples.
+
+Geometric augmentation is a rotation about the optical axis plus a scale and shift in the image.
+Both are the homography of a physically possible camera: rotating the camera by Rz about its
+optical axis maps pixels by K Rz K^-1 and changes the pose to (Rz R, Rz t); zooming and shifting
+the image by S changes the intrinsics to S K. So every augmented sample is still an exact pinhole
+image of the drone at the returned pose with the returned K, which the PnP losses rely on.
+
+Photometric augmentation (brightness, contrast, saturation, per-channel gain, gamma, blur, noise)
+leaves the geometry untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths; a zero or (1, 1) range turns an effect off. Angles in degrees."""
+
+    rotation_deg: float = 20.0
+    scale: tuple[float, float] = (0.8, 1.25)
+    shift_fraction: float = 0.1
+    keep_keypoints_inside: bool = True
+    max_tries: int = 5
+    brightness: float = 0.2
+    contrast: tuple[float, float] = (0.7, 1.3)
+    saturation: tuple[float, float] = (0.6, 1.4)
+    channel_gain: float = 0.1
+    gamma: tuple[float, float] = (0.8, 1.25)
+    blur_probability: float = 0.2
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
+    noise_sigma: tuple[float, float] = (0.0, 0.03)
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "contrast", "saturation", "gamma", "blur_sigma", "noise_sigma"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"augment.{name} must be a range 0 <= low <= high, got {(low, high)}")
+        if self.scale[0] <= 0 or self.gamma[0] <= 0:
+            raise ValueError("augment.scale and augment.gamma must be positive")
+        if self.rotation_deg < 0 or self.shift_fraction < 0 or self.max_tries < 1:
+            raise ValueError("augment.rotation_deg and shift_fraction must be >= 0, max_tries >= 1")
+
+    @classmethod
+    def none(cls) -> AugmentConfig:
+        """No augmentation at all (evaluation)."""
+        return cls(
+            rotation_deg=0.0,
+            scale=(1.0, 1.0),
+            shift_fraction=0.0,
+            brightness=0.0,
+            contrast=(1.0, 1.0),
+            saturation=(1.0, 1.0),
+            channel_gain=0.0,
+            gamma=(1.0, 1.0),
+            blur_probability=0.0,
+            noise_sigma=(0.0, 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class GeometricSample:
+    """A sample's geometry. image [H,W,3] float32 RGB in [0,1]; mask [H,W] bool; keypoints [K,2]
+    pixels; visibility [K] bool; K [3,3]; R [3,3], t [3] metres (camera optical <- drone)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    keypoints: np.ndarray
+    visibility: np.ndarray
+    K: np.ndarray
+    R: np.ndarray
+    t: np.ndarray
+
+
+def warp_matrix(
+    K: np.ndarray, angle_deg: float, scale: float, shift: tuple[float, float], width: int, height: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixel homography of a roll about the optical axis followed by a zoom and shift.
+
+    Returns (H [3,3] pixel map, Rz [3,3] camera rotation, S [3,3] image similarity): the new image
+    is the old one warped by H = S K Rz K^-1, with intrinsics S K and pose (Rz R, Rz t). The zoom is
+    about the image centre; shift is in pixels.
+    """
+    angle = math.radians(angle_deg)
+    c, s = math.cos(angle), math.sin(angle)
+    Rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    cx, cy = width / 2.0, height / 2.0
+    S = np.array(
+        [[scale, 0.0, cx - scale * cx + shift[0]], [0.0, scale, cy - scale * cy + shift[1]], [0, 0, 1.0]]
+    )
+    H = S @ K @ Rz @ np.linalg.inv(K)
+    return H, Rz, S
+
+
+def apply_warp(sample: GeometricSample, H: np.ndarray, Rz: np.ndarray, S: np.ndarray) -> GeometricSample:
+    """Warp a sample by the homography of warp_matrix (same output size; outside is black)."""
+    height, width = sample.mask.shape
+    image = cv2.warpPerspective(
+        sample.image,
+        H,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
+    mask = cv2.warpPerspective(
+        sample.mask.astype(np.uint8),
+        H,
+        (width, height),
+        flags=cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    ).astype(bool)
+    keypoints = _map_points(H, sample.keypoints)
+    inside = _inside(keypoints, width, height)
+    return GeometricSample(
+        image=image,
+        mask=mask,
+        keypoints=keypoints.astype(np.float32),
+        visibility=sample.visibility & inside,
+        K=S @ sample.K,
+        R=Rz @ sample.R,
+        t=Rz @ sample.t,
+    )
+
+
+def random_geometric(
+    sample: GeometricSample, rng: np.random.Generator, config: AugmentConfig
+) -> GeometricSample:
+    """A random roll/zoom/shift of the sample; with keep_keypoints_inside, a draw that moves an
+    in-image keypoint out of the image is redrawn (up to max_tries, then the sample is kept as is)."""
+    height, width = sample.mask.shape
+    if config.rotation_deg == 0 and config.scale == (1.0, 1.0) and config.shift_fraction == 0:
+        return sample
+    inside_before = _inside(sample.keypoints, width, height)
+    for _ in range(config.max_tries):
+        angle = rng.uniform(-config.rotation_deg, config.rotation_deg)
+        scale = math.exp(rng.uniform(math.log(config.scale[0]), math.log(config.scale[1])))
+        shift = tuple(rng.uniform(-config.shift_fraction, config.shift_fraction, 2) * (width, height))
+        H, Rz, S = warp_matrix(sample.K, angle, scale, shift, width, height)
+        moved = _map_points(H, sample.keypoints)
+        if not config.keep_keypoints_inside or _inside(moved, width, height)[inside_before].all():
+            return apply_warp(sample, H, Rz, S)
+    return sample
+
+
+def random_photometric(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """Photometric jitter of an [H,W,3] float32 RGB image in [0,1]; returns a new image in [0,1]."""
+    out = image * rng.uniform(*config.contrast) + rng.uniform(-config.brightness, config.brightness)
+    grey = out.mean(axis=2, keepdims=True)
+    out = grey + (out - grey) * rng.uniform(*config.saturation)
+    out = out * (1.0 + rng.uniform(-config.channel_gain, config.channel_gain, 3)).astype(np.float32)
+    out = np.clip(out, 0.0, 1.0) ** rng.uniform(*config.gamma)
+    if rng.random() < config.blur_probability:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(*config.blur_sigma))
+    sigma = rng.uniform(*config.noise_sigma)
+    if sigma > 0:
+        out = out + rng.standard_normal(out.shape, dtype=np.float32) * sigma
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def augment(sample: GeometricSample, rng: np.random.Generator, config: AugmentConfig) -> GeometricSample:
+    """Geometric then photometric augmentation of one sample."""
+    warped = random_geometric(sample, rng, config)
+    image = random_photometric(warped.image, rng, config)
+    return GeometricSample(
+        image, warped.mask, warped.keypoints, warped.visibility, warped.K, warped.R, warped.t
+    )
+
+
+def _map_points(H: np.ndarray, points: np.ndarray) -> np.ndarray:
+    homogeneous = np.concatenate([points, np.ones((len(points), 1))], axis=1) @ H.T
+    return homogeneous[:, :2] / homogeneous[:, 2:]
+
+
+def _inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
+    return (
+        (points[:, 0] >= 0) & (points[:, 0] <= width - 1) & (points[:, 1] >= 0) & (points[:, 1] <= height - 1)
+    )
