@@ -115,6 +115,23 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth_bag(args: argparse.Namespace) -> int:
+    from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
+
+    spec = FlightBagSpec(
+        drone=args.drone,
+        seconds=args.seconds,
+        rate_hz=args.rate,
+        cameras=args.cameras,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        background_folder=args.backgrounds,
+    )
+    print(json.dumps(write_flight_bag(args.out, spec, storage=args.storage, workers=args.workers), indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -173,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--lossless", action="store_true", help="PNG images instead of JPEG quality 95")
     synth.set_defaults(run=_cmd_synth)
+
+    bag = commands.add_parser("synth-bag", help="render a synthetic drone flight into a rosbag2 file")
+    bag.add_argument("--drone", default="m2ed", help="built-in drone name or drone YAML path")
+    bag.add_argument("--seconds", type=float, default=20.0)
+    bag.add_argument("--rate", type=float, default=30.0, help="camera frame rate, Hz")
+    bag.add_argument("--cameras", type=int, default=1, choices=[1, 2, 3, 4], help="cameras in the rig")
+    bag.add_argument("--out", required=True, help="bag folder to create (must not exist)")
+    bag.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
+    bag.add_argument("--seed", type=int, default=0)
+    bag.add_argument("--width", type=int, default=320)
+    bag.add_argument("--height", type=int, default=240)
+    bag.add_argument("--backgrounds", help="folder of background photos")
+    bag.add_argument("--workers", type=int, help="render processes (default: one per core)")
+    bag.set_defaults(run=_cmd_synth_bag)
 
     export = commands.add_parser("export", help="a checkpoint's heatmap model as ONNX or TorchScript")
     export.add_argument("--checkpoint", required=True, help="drone_pose checkpoint (.pt)")

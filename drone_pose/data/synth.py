@@ -98,8 +98,15 @@ def render_scene(
     height: int,
     seed: int | np.random.SeedSequence = 0,
     config: SceneConfig | None = None,
+    background: np.ndarray | None = None,
+    appearance: int | np.random.SeedSequence | None = None,
 ) -> Scene:
-    """Render the drone at pose (R [3,3], t [3] metres, camera optical <- drone body) seen through K."""
+    """Render the drone at pose (R [3,3], t [3] metres, camera optical <- drone body) seen through K.
+
+    For videos, `background` ([H,W,3] float32 RGB in 0..1, e.g. from render_background) fixes the
+    background and `appearance` seeds the drone's colours and light, so they stay the same from
+    frame to frame; by default both come from `seed`.
+    """
     config = config or SceneConfig()
     K = check_camera(K, width, height)
     R, t = np.asarray(R, dtype=np.float64), np.asarray(t, dtype=np.float64)
@@ -107,8 +114,12 @@ def render_scene(
         raise ValueError("R must be a finite [3, 3] rotation and t a finite [3] translation")
     rng = np.random.default_rng(seed)
 
-    background = _background(rng, width, height, config)
-    colour, coverage, depth_fine = _drone_layer(drone, R, t, K, width, height, rng)
+    if background is None:
+        background = render_background(rng, width, height, config)
+    elif background.shape != (height, width, 3):
+        raise ValueError(f"background must be [{height}, {width}, 3], got {list(background.shape)}")
+    colour_rng = rng if appearance is None else np.random.default_rng(appearance)
+    colour, coverage, depth_fine = _drone_layer(drone, R, t, K, width, height, colour_rng)
     alpha = coverage[..., None]
     image = background * (1.0 - alpha) + colour * alpha
     full_mask = coverage >= 0.5
@@ -193,7 +204,7 @@ def _face_colours(drone: DroneModel, vertices_cam: np.ndarray, rng: np.random.Ge
     return (base[drone.face_parts] * shade[:, None]).astype(np.float32)
 
 
-def _background(rng: np.random.Generator, width: int, height: int, config: SceneConfig) -> np.ndarray:
+def render_background(rng: np.random.Generator, width: int, height: int, config: SceneConfig) -> np.ndarray:
     """Background [H,W,3] float32 in 0..1: a user photo, or sky/ground gradient + texture + shapes."""
     photos = _photo_paths(config.background_folder)
     if photos and rng.random() < config.background_photo_p:

@@ -24,12 +24,14 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from drone_pose.data.augment import AugmentConfig, GeometricSample
 from drone_pose.data.dataset import AugmentedDataset
 from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import SPLITS
 from drone_pose.data.shards import DatasetFormatError
+from drone_pose.geometry.camera import PinholeCamera
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,10 @@ def parse_image_name(name: str) -> tuple[str, str, str, str]:
 class UAVADataset(AugmentedDataset):
     """The exocentric colour frames of one drone and one split of a UAVA folder.
 
-    K and image_size (width, height) are the dataset's camera (UAVA: 320x240, fx = fy = 252.7,
-    cx = 160, cy = 120). Frames whose
-    annotation is missing or malformed are skipped and listed in `rejected` with the reason. With
-    require_all_inside (the papers' preprocessing) frames with a keypoint outside the image are
-    dropped.
+    K and image_size (width, height) are the dataset's camera (default: the UAVA camera, 320x240,
+    fx = fy ~ 252.7, cx = 160, cy = 120). Frames whose annotation is missing or malformed are
+    skipped and listed in `rejected` with the reason. With require_all_inside (the papers'
+    preprocessing) frames with a keypoint outside the image are dropped.
     """
 
     def __init__(
@@ -90,9 +91,7 @@ class UAVADataset(AugmentedDataset):
             raise ValueError(f"camera_convention must be 'opencv' or 'opengl', got {camera_convention!r}")
         self.root = Path(root)
         self.drone = load_drone(drone)
-        self.K = (
-            np.array([[252.7, 0, 160], [0, 252.7, 120], [0, 0, 1]]) if K is None else np.asarray(K, float)
-        )
+        self.K = PinholeCamera.uava().K(torch.float64).numpy() if K is None else np.asarray(K, float)
         self.width, self.height = image_size
         self.convention = camera_convention
         self.rejected: list[tuple[str, str]] = []

@@ -14,8 +14,9 @@ from drone_pose.data.poses import PoseSamplingConfig
 from drone_pose.data.shards import DatasetFormatError
 from drone_pose.data.synth import SceneConfig
 from drone_pose.data.uava import OPENGL_TO_OPENCV, UAVADataset, parse_image_name
+from drone_pose.geometry.camera import PinholeCamera
 
-K = np.array([[252.7, 0, 160], [0, 252.7, 120], [0, 0, 1]])
+K = PinholeCamera.uava().K(torch.float64).numpy()
 BUILDINGS = {"train": ["house_a", "house_b"], "val": ["office"], "test": ["school"]}
 
 
