@@ -29,9 +29,10 @@ def test_flights_are_smooth_plausible_and_seen(drone_name, cameras):
     assert flight.tilt_deg.max() > 5  # the drone does tilt when it accelerates
     # attitude follows thrust: body z along (a + g) where the tilt limit is not active
     acceleration = np.gradient(flight.velocity, flight.times, axis=0)
-    thrust = acceleration + [0, 0, GRAVITY]
+    thrust = acceleration + np.array([0.0, 0.0, GRAVITY])
     free = flight.tilt_deg < FlightConfig().max_tilt_deg - 2
-    cosine = np.einsum("ij,ij->i", flight.R_world_body[:, :, 2], thrust / np.linalg.norm(thrust, axis=1)[:, None])
+    thrust_axis = thrust / np.linalg.norm(thrust, axis=1)[:, None]
+    cosine = np.einsum("ij,ij->i", flight.R_world_body[:, :, 2], thrust_axis)
     assert np.median(cosine[free]) > 0.999
     # yaw: fast turns of more than 90 degrees within a second happen
     heading = np.unwrap(np.arctan2(flight.R_world_body[:, 1, 0], flight.R_world_body[:, 0, 0]))
