@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from drone_pose.data.drones import DroneModel
-from drone_pose.data.rasterize import rasterize
+from drone_pose.data.rasterize import NEAR_PLANE_M, project_vertices, rasterize
 from drone_pose.geometry.camera import validate_intrinsics
 
 SUPERSAMPLING = 2
@@ -119,9 +119,10 @@ def render_scene(
     elif background.shape != (height, width, 3):
         raise ValueError(f"background must be [{height}, {width}, 3], got {list(background.shape)}")
     colour_rng = rng if appearance is None else np.random.default_rng(appearance)
-    colour, coverage, depth_fine = _drone_layer(drone, R, t, K, width, height, colour_rng)
-    alpha = coverage[..., None]
-    image = background * (1.0 - alpha) + colour * alpha
+    colour, coverage, depth_fine, (x0, y0, x1, y1) = _drone_layer(drone, R, t, K, width, height, colour_rng)
+    image = np.array(background, dtype=np.float32)  # a copy: the caller's background stays intact
+    alpha = coverage[y0:y1, x0:x1, None]
+    image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * (1.0 - alpha) + colour[y0:y1, x0:x1] * alpha
     full_mask = coverage >= 0.5
 
     occluder = np.zeros((height, width), dtype=bool)
@@ -162,6 +163,36 @@ def fine_intrinsics(K: np.ndarray, factor: int) -> np.ndarray:
     return scaled
 
 
+@dataclass(frozen=True)
+class FineDepth:
+    """The supersampled depth buffer of the drone's image region: depth [h,w] metres (inf where no
+    triangle) whose pixel (0, 0) is fine pixel (x0, y0) of the whole supersampled image."""
+
+    depth: np.ndarray
+    x0: int
+    y0: int
+
+    def at(self, columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Depth at fine pixels (columns, rows) [N] of the whole image; inf outside the region."""
+        c, r = columns - self.x0, rows - self.y0
+        inside = (c >= 0) & (r >= 0) & (c < self.depth.shape[1]) & (r < self.depth.shape[0])
+        out = np.full(len(columns), np.inf)
+        out[inside] = self.depth[r[inside], c[inside]]
+        return out
+
+
+def _drone_box(vertices_cam: np.ndarray, K: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """Image pixels (x0, y0, x1, y1), end exclusive, that can hold the drone; the whole image when a
+    vertex is too close to project; empty (x1 <= x0) when the drone is out of view."""
+    if vertices_cam[:, 2].min() <= NEAR_PLANE_M:
+        return 0, 0, width, height
+    uv, _ = project_vertices(vertices_cam, K)
+    (u0, v0), (u1, v1) = uv.min(0), uv.max(0)
+    x0, y0 = max(int(np.floor(u0)) - 1, 0), max(int(np.floor(v0)) - 1, 0)
+    x1, y1 = min(int(np.ceil(u1)) + 2, width), min(int(np.ceil(v1)) + 2, height)
+    return x0, y0, x1, y1
+
+
 def _drone_layer(
     drone: DroneModel,
     R: np.ndarray,
@@ -170,19 +201,33 @@ def _drone_layer(
     width: int,
     height: int,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Drone colour [H,W,3] (0..1), coverage [H,W] (0..1) and the fine depth buffer [2H,2W] (metres)."""
+) -> tuple[np.ndarray, np.ndarray, FineDepth, tuple[int, int, int, int]]:
+    """Drone colour [H,W,3] (0..1), coverage [H,W] (0..1), the fine depth buffer of its region and
+    the region (x0, y0, x1, y1), end exclusive, outside which coverage is zero.
+
+    Only the drone's bounding box is rasterised (at SUPERSAMPLING times the resolution), so the
+    cost follows the drone's size in the image, not the image size.
+    """
     s = SUPERSAMPLING
     vertices = drone.vertices @ R.T + t
-    raster = rasterize(vertices, drone.faces, fine_intrinsics(K, s), width * s, height * s)
     face_colours = _face_colours(drone, vertices, rng)
+    colour = np.zeros((height, width, 3), dtype=np.float32)
+    coverage = np.zeros((height, width), dtype=np.float32)
+    x0, y0, x1, y1 = _drone_box(vertices, K, width, height)
+    if x1 <= x0 or y1 <= y0:
+        return colour, coverage, FineDepth(np.full((0, 0), np.inf), 0, 0), (0, 0, 0, 0)
+    fine_K = fine_intrinsics(K, s)
+    fine_K[0, 2] -= s * x0
+    fine_K[1, 2] -= s * y0
+    raster = rasterize(vertices, drone.faces, fine_K, (x1 - x0) * s, (y1 - y0) * s)
     covered = raster.face >= 0
-    fine = np.zeros((height * s, width * s, 3), dtype=np.float32)
+    fine = np.zeros((*covered.shape, 3), dtype=np.float32)
     fine[covered] = face_colours[raster.face[covered]]
-    coverage = cv2.resize(covered.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
-    premultiplied = cv2.resize(fine, (width, height), interpolation=cv2.INTER_AREA)
-    colour = premultiplied / np.maximum(coverage, 1e-6)[..., None]
-    return colour, coverage, raster.depth
+    box_coverage = cv2.resize(covered.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    premultiplied = cv2.resize(fine, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    coverage[y0:y1, x0:x1] = box_coverage
+    colour[y0:y1, x0:x1] = premultiplied / np.maximum(box_coverage, 1e-6)[..., None]
+    return colour, coverage, FineDepth(raster.depth, s * x0, s * y0), (x0, y0, x1, y1)
 
 
 def _face_colours(drone: DroneModel, vertices_cam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -298,18 +343,20 @@ def _camera_effects(image: np.ndarray, rng: np.random.Generator, config: SceneCo
     gains = rng.uniform(1 - config.exposure, 1 + config.exposure) * rng.uniform(
         1 - config.white_balance, 1 + config.white_balance, 3
     )
-    image = image * gains.astype(np.float32) * 255.0
+    image = cv2.transform(image, np.diag(gains * 255.0))
     if config.noise_std > 0:
-        image = image + rng.normal(0.0, rng.uniform(0.3, 1.0) * config.noise_std, image.shape).astype(
-            np.float32
-        )
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+        noise = np.empty_like(image)
+        cv2.setRNGSeed(int(rng.integers(2**31)))  # OpenCV's generator, seeded from ours: deterministic
+        cv2.randn(noise, 0.0, rng.uniform(0.3, 1.0) * config.noise_std)
+        image = cv2.add(image, noise)
+    _, image = cv2.threshold(image, 0.0, 0.0, cv2.THRESH_TOZERO)
+    return cv2.convertScaleAbs(image)  # rounds and saturates at 255
 
 
 def _visibility(
     keypoints: np.ndarray,
     depth: np.ndarray,
-    depth_fine: np.ndarray,
+    depth_fine: FineDepth,
     occluder: np.ndarray,
     drone: DroneModel,
     width: int,
@@ -333,7 +380,7 @@ def _visibility(
     s = SUPERSAMPLING
     columns = np.clip(np.round((keypoints[:, 0] + 0.5) * s - 0.5), 0, width * s - 1).astype(int)
     rows = np.clip(np.round((keypoints[:, 1] + 0.5) * s - 0.5), 0, height * s - 1).astype(int)
-    surface = depth_fine[rows, columns]
+    surface = depth_fine.at(columns, rows)
     unoccluded = ~occluder[rows // s, columns // s]
     return inside & (depth <= surface + tolerance) & unoccluded
 
