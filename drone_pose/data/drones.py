@@ -64,6 +64,16 @@ class DroneModel:
         """Mesh vertices [V,3] as a tensor."""
         return torch.tensor(self.vertices, dtype=dtype, device=device)
 
+    @functools.cached_property
+    def closed_outward(self) -> bool:
+        """True when every part is a closed surface with outward normals, so that faces turned away
+        from the camera can never be seen (back-face culling is exact)."""
+        for part in range(len(self.part_names)):
+            mesh = trimesh.Trimesh(self.vertices, self.faces[self.face_parts == part], process=False)
+            if not (mesh.is_watertight and mesh.is_winding_consistent and mesh.volume > 0):
+                return False
+        return True
+
     def part_faces(self, prefix: str) -> np.ndarray:
         """Boolean mask [F] of the faces whose part name starts with `prefix`."""
         selected = [i for i, name in enumerate(self.part_names) if name.startswith(prefix)]

@@ -210,7 +210,9 @@ def _drone_layer(
     """
     s = SUPERSAMPLING
     vertices = drone.vertices @ R.T + t
-    face_colours = _face_colours(drone, vertices, rng)
+    triangles = vertices[drone.faces]
+    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
+    face_colours = _face_colours(drone, normals, rng)
     colour = np.zeros((height, width, 3), dtype=np.float32)
     coverage = np.zeros((height, width), dtype=np.float32)
     x0, y0, x1, y1 = _drone_box(vertices, K, width, height)
@@ -219,10 +221,14 @@ def _drone_layer(
     fine_K = fine_intrinsics(K, s)
     fine_K[0, 2] -= s * x0
     fine_K[1, 2] -= s * y0
-    raster = rasterize(vertices, drone.faces, fine_K, (x1 - x0) * s, (y1 - y0) * s)
+    # with closed parts, faces turned away from the camera are always hidden: skip them
+    drawn = np.nonzero(np.einsum("ij,ij->i", normals, triangles[:, 0]) < 0)[0] if drone.closed_outward else None
+    faces = drone.faces if drawn is None else drone.faces[drawn]
+    raster = rasterize(vertices, faces, fine_K, (x1 - x0) * s, (y1 - y0) * s)
     covered = raster.face >= 0
+    face_index = raster.face[covered] if drawn is None else drawn[raster.face[covered]]
     fine = np.zeros((*covered.shape, 3), dtype=np.float32)
-    fine[covered] = face_colours[raster.face[covered]]
+    fine[covered] = face_colours[face_index]
     box_coverage = cv2.resize(covered.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
     premultiplied = cv2.resize(fine, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
     coverage[y0:y1, x0:x1] = box_coverage
@@ -230,8 +236,9 @@ def _drone_layer(
     return colour, coverage, FineDepth(raster.depth, s * x0, s * y0), (x0, y0, x1, y1)
 
 
-def _face_colours(drone: DroneModel, vertices_cam: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Lambert-shaded colour [F,3] of each face: part colour x (ambient + diffuse |n . l|)."""
+def _face_colours(drone: DroneModel, normals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Lambert-shaded colour [F,3] of each face (normals [F,3] in the camera frame, any length):
+    part colour x (ambient + diffuse |n . l|)."""
     base = np.array(
         [
             next((c for prefix, c in PART_COLOURS.items() if name.startswith(prefix)), DEFAULT_PART_COLOUR)
@@ -239,9 +246,7 @@ def _face_colours(drone: DroneModel, vertices_cam: np.ndarray, rng: np.random.Ge
         ]
     )
     base = np.clip(base * rng.uniform(0.6, 1.5) + rng.normal(0.0, 0.04, base.shape), 0.0, 1.0)
-    triangles = vertices_cam[drone.faces]
-    normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
-    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    normals = normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
     light = rng.normal(size=3) + np.array([0.0, -1.0, -0.5])  # mostly from above the camera
     light /= np.linalg.norm(light)
     ambient, diffuse = rng.uniform(0.25, 0.45), rng.uniform(0.5, 0.9)
