@@ -222,7 +222,9 @@ def _drone_layer(
     fine_K[0, 2] -= s * x0
     fine_K[1, 2] -= s * y0
     # with closed parts, faces turned away from the camera are always hidden: skip them
-    drawn = np.nonzero(np.einsum("ij,ij->i", normals, triangles[:, 0]) < 0)[0] if drone.closed_outward else None
+    drawn = None
+    if drone.closed_outward:
+        drawn = np.nonzero(np.einsum("ij,ij->i", normals, triangles[:, 0]) < 0)[0]
     faces = drone.faces if drawn is None else drone.faces[drawn]
     raster = rasterize(vertices, faces, fine_K, (x1 - x0) * s, (y1 - y0) * s)
     covered = raster.face >= 0
