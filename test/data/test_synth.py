@@ -139,3 +139,23 @@ def test_bad_input_gets_clear_errors():
         render_scene(drone, R, t, K, 0, H)
     with pytest.raises(ValueError, match="finite"):
         render_scene(drone, R, np.array([0.0, np.nan, 2.0]), K, W, H)
+
+
+@pytest.mark.parametrize("name", ["m2ed", "tello"])
+def test_back_face_culling_changes_nothing(name):
+    """The built-in meshes are closed with outward normals, so skipping back faces is exact."""
+    drone = load_drone(name)
+    assert drone.closed_outward
+    poses = sample_poses(drone, K, W, H, 6, np.random.default_rng(3))
+    culled = [
+        render_scene(drone, R, t, K, W, H, seed=i)
+        for i, (R, t) in enumerate(zip(poses.R, poses.t, strict=True))
+    ]
+    drone.__dict__["closed_outward"] = False  # the cached property: render every face
+    try:
+        for i, (R, t) in enumerate(zip(poses.R, poses.t, strict=True)):
+            full = render_scene(drone, R, t, K, W, H, seed=i)
+            assert np.array_equal(full.image, culled[i].image)
+            assert np.array_equal(full.visibility, culled[i].visibility)
+    finally:
+        del drone.__dict__["closed_outward"]
