@@ -132,6 +132,28 @@ def _cmd_synth_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from drone_pose.train.config import load_config
+    from drone_pose.train.trainer import train
+
+    config = load_config(args.config, args.overrides)  # fails here, before any data is read
+    summary = train(config, resume=args.resume, progress=not args.no_progress)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(
+        json.dumps(
+            {
+                "run_dir": summary["run_dir"],
+                "best": summary["best"],
+                "last_epoch": last,
+                "parameters": summary["parameters"],
+                "train_s": round(summary["train_s"], 1),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -204,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     bag.add_argument("--backgrounds", help="folder of background photos")
     bag.add_argument("--workers", type=int, help="render processes (default: one per core)")
     bag.set_defaults(run=_cmd_synth_bag)
+
+    train = commands.add_parser("train", help="train a keypoint network (config YAML + key=value overrides)")
+    train.add_argument("--config", help="experiment YAML (config/train/*.yaml); default: built-in defaults")
+    train.add_argument("overrides", nargs="*", help="overrides such as epochs=2 loss.kind=pose data.path=DIR")
+    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=_cmd_train)
 
     export = commands.add_parser("export", help="a checkpoint's heatmap model as ONNX or TorchScript")
     export.add_argument("--checkpoint", required=True, help="drone_pose checkpoint (.pt)")

@@ -40,7 +40,10 @@ class HeatmapPredictor(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
-        outputs = self.network((images - self.mean) / self.std)
+        return self.combine(self.network((images - self.mean) / self.std))
+
+    def combine(self, outputs: list[Tensor]) -> Tensor:
+        """The inference heatmaps [B,K,h,w] of the raw network outputs (the aggregation above)."""
         heatmaps = [o[:, : self.keypoints].float() for o in outputs]
         finest = heatmaps[-1]
         if all(h.shape[-2:] == finest.shape[-2:] for h in heatmaps):
@@ -51,3 +54,7 @@ class HeatmapPredictor(nn.Module):
                 coarse, size=finest.shape[-2:], mode="bilinear", align_corners=False
             )
         return total / len(heatmaps)
+
+    def normalise(self, images: Tensor) -> Tensor:
+        """Network input of RGB images [B,3,H,W] in [0, 1]."""
+        return (images - self.mean) / self.std

@@ -1,0 +1,1 @@
+"""Training of keypoint networks through heatmap and PnP losses (the study's experiments)."""

@@ -1,0 +1,488 @@
+"""The training loop: heatmap and PnP losses, validation with the papers' metrics, checkpoints,
+resume, logs (CSV, TensorBoard), AMP on CUDA and DistributedDataParallel under torchrun.
+
+Run folder (config.run_dir()): config.yaml (every hyper-parameter), metrics.csv (one row per
+epoch), tensorboard/ (losses, metrics, timings), last.pt (training state, for --resume) and
+best.pt (a self-describing drone_pose checkpoint that PoseEstimator and the node load).
+Determinism: the sample order of epoch e comes from a generator seeded with (seed, e) and the
+augmentation of sample i from (seed, e, i), so a resumed run sees exactly what an uninterrupted one
+does, and two CPU runs with one seed give identical losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
+
+from drone_pose.checkpoint import make_checkpoint, save_checkpoint
+from drone_pose.data.augment import AugmentConfig
+from drone_pose.data.dataset import ShardDataset
+from drone_pose.data.drones import DroneModel, load_drone
+from drone_pose.data.uava import UAVADataset
+from drone_pose.geometry.metrics import evaluate_poses
+from drone_pose.nets.build import build_network, count_parameters
+from drone_pose.nets.inference import HeatmapPredictor
+from drone_pose.pnp import solve_pnp
+from drone_pose.train.config import TrainConfig, config_to_dict
+from drone_pose.train.objectives import (
+    centre_of_mass_keypoints,
+    gaussian_targets,
+    heatmap_loss,
+    keypoints_from_heatmaps,
+    pose_losses,
+)
+
+log = logging.getLogger(__name__)
+STATE_FORMAT = "drone_pose.training_state"
+
+
+@dataclass
+class EpochTimes:
+    """Accumulated seconds of the study's Table 1 timings."""
+
+    forward: float = 0.0
+    backward: float = 0.0
+    step: float = 0.0
+    steps: int = 0
+
+    def means_ms(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {
+            "forward_ms": 1e3 * self.forward / n,
+            "backward_ms": 1e3 * self.backward / n,
+            "optimiser_step_ms": 1e3 * self.step / n,
+        }
+
+
+class TrainingForward(nn.Module):
+    """images [B,3,H,W] RGB in [0, 1] -> the network's raw outputs (every resolution), the module
+    that DistributedDataParallel wraps so that gradients are synchronised across ranks."""
+
+    def __init__(self, predictor: HeatmapPredictor) -> None:
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        return self.predictor.network(self.predictor.normalise(images))
+
+
+@dataclass
+class TrainingRun:
+    """Everything one run needs; built by `prepare`."""
+
+    config: TrainConfig
+    drone: DroneModel
+    train_data: Dataset
+    val_data: Dataset
+    image_size: tuple[int, int]
+    predictor: HeatmapPredictor
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # (metric, -keypoint_px)
+
+
+def prepare(config: TrainConfig) -> TrainingRun:
+    """Datasets, network, optimiser and device (and the process group under torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    train_data, val_data, drone, image_size = _datasets(config)
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    network = build_network(config.network)
+    if network_heatmaps(config) != drone.num_keypoints:
+        raise ValueError(
+            f"network predicts {network_heatmaps(config)} heatmaps; {drone.name} has "
+            f"{drone.num_keypoints} keypoints"
+        )
+    predictor = HeatmapPredictor(network, drone.num_keypoints).to(device)
+    model: nn.Module = TrainingForward(predictor)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.Adam(
+        predictor.parameters(),
+        lr=config.optim.lr,
+        betas=config.optim.betas,
+        weight_decay=config.optim.weight_decay,
+    )
+    return TrainingRun(
+        config, drone, train_data, val_data, image_size, predictor, model, optimizer, device, rank, world
+    )
+
+
+def network_heatmaps(config: TrainConfig) -> int:
+    from drone_pose.nets.build import network_config
+
+    return int(network_config(config.network).get("heatmaps", 9))
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) a run; returns a summary with the history and the best metric."""
+    run = prepare(config)
+    run_dir = config.run_dir()
+    main_process = run.rank == 0
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    if resume and (run_dir / "last.pt").is_file():
+        _load_state(run, run_dir / "last.pt")
+    writer = _tensorboard(run_dir) if main_process else None
+    scaler = torch.amp.GradScaler("cuda", enabled=_amp(run))
+    started = time.perf_counter()
+    for epoch in range(run.start_epoch, config.epochs):
+        if epoch > 0 and _phase(config, epoch) != _phase(config, epoch - 1):
+            # New loss, new gradient scale: Adam's moments of the heatmap phase would make the first
+            # pose steps orders of magnitude too large.
+            run.optimizer.state.clear()
+        times = EpochTimes()
+        train_loss, losses = _train_epoch(run, epoch, scaler, times, progress and main_process)
+        validation_started = time.perf_counter()
+        metrics = (
+            evaluate(run.predictor, run.val_data, run.drone, config.batch_size, run.device)
+            if main_process
+            else {}
+        )
+        row = {
+            "epoch": epoch + 1,
+            "phase": _phase(config, epoch),
+            "train_loss": train_loss,
+            **losses,
+            **metrics,
+            **times.means_ms(),
+            "validation_s": time.perf_counter() - validation_started,
+            "lr": config.optim.lr,
+        }
+        run.history.append(row)
+        if main_process:
+            score = selection_score(metrics, config.metric)
+            if score > run.best or not (run_dir / "best.pt").exists():
+                run.best = score
+                _save_best(run, row)
+            _save_state(run, epoch, run_dir / "last.pt")
+            _append_csv(run_dir / "metrics.csv", row)
+            if writer is not None:
+                for key, value in row.items():
+                    if isinstance(value, (int, float)) and key != "epoch":
+                        writer.add_scalar(key, value, epoch + 1)
+                writer.flush()
+    if writer is not None:
+        writer.close()
+    return {
+        "run_dir": str(run_dir),
+        "history": run.history,
+        "best": {config.metric: _metric_value(run.best, config.metric)},
+        "parameters": count_parameters(run.predictor),
+        "train_s": time.perf_counter() - started,
+    }
+
+
+def selection_score(metrics: dict[str, float], metric: str) -> list[float]:
+    """Checkpoint selection key, larger is better: the metric (keypoint_px negated), then the
+    keypoint error as tie-breaker (percentages plateau on small validation sets)."""
+    keypoint = metrics.get("keypoint_px", math.inf)
+    keypoint = -keypoint if math.isfinite(keypoint) else -math.inf
+    primary = keypoint if metric == "keypoint_px" else metrics.get(metric, -math.inf)
+    return [float(primary), float(keypoint)]
+
+
+def _metric_value(score: list[float], metric: str) -> float:
+    return -score[0] if metric == "keypoint_px" else score[0]
+
+
+def _phase(config: TrainConfig, epoch: int) -> str:
+    return "heatmap" if epoch < config.loss.heatmap_only_epochs else config.loss.kind
+
+
+def _amp(run: TrainingRun) -> bool:
+    return run.config.amp and run.device.type == "cuda"
+
+
+def _train_epoch(
+    run: TrainingRun, epoch: int, scaler: torch.amp.GradScaler, times: EpochTimes, progress: bool
+) -> tuple[float, dict[str, float]]:
+    config = run.config
+    loader = _loader(run, epoch)
+    run.model.train()
+    phase = _phase(config, epoch)
+    x3d = torch.tensor(run.drone.keypoints, dtype=torch.float64, device=run.device)
+    totals: dict[str, float] = {}
+    count = 0
+    bar = tqdm(
+        loader, desc=f"epoch {epoch + 1}/{config.epochs} [{phase}]", disable=not progress, unit="batch"
+    )
+    for batch in bar:
+        images = batch["image"].to(run.device, non_blocking=True)
+        keypoints = batch["keypoints"].to(run.device)
+        visibility = in_image(keypoints, images.shape[-1], images.shape[-2])
+        K = batch["K"].to(run.device)
+        t0 = time.perf_counter()
+        with torch.autocast(run.device.type, enabled=_amp(run)):
+            outputs = run.model(images)
+        loss, parts = _loss(run, outputs, keypoints, visibility, K, x3d, images.shape[-1], phase)
+        _sync(run.device)
+        t1 = time.perf_counter()
+        run.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        _sync(run.device)
+        t2 = time.perf_counter()
+        scaler.step(run.optimizer)
+        scaler.update()
+        _sync(run.device)
+        t3 = time.perf_counter()
+        times.forward += t1 - t0
+        times.backward += t2 - t1
+        times.step += t3 - t2
+        times.steps += 1
+        size = images.shape[0]
+        count += size
+        for key, value in {"loss": float(loss.detach()), **parts}.items():
+            totals[key] = totals.get(key, 0.0) + value * size
+        bar.set_postfix(loss=f"{totals['loss'] / count:.4g}", img_s=f"{size / max(t3 - t0, 1e-9):.1f}")
+    means = {key: value / max(count, 1) for key, value in totals.items()}
+    return means.pop("loss"), means
+
+
+def _loss(
+    run: TrainingRun,
+    outputs: list[Tensor],
+    keypoints: Tensor,
+    visibility: Tensor,
+    K: Tensor,
+    x3d: Tensor,
+    image_width: int,
+    phase: str,
+) -> tuple[Tensor, dict[str, float]]:
+    config = run.config
+    maps = [o[:, : run.drone.num_keypoints].float() for o in outputs]
+    parts: dict[str, float] = {}
+    total = maps[0].new_zeros(())
+    if phase in ("heatmap", "mixture"):
+        l_h = maps[0].new_zeros(())
+        for heatmaps in maps:  # multi-resolution supervision (HigherHRNet)
+            stride = image_width / heatmaps.shape[-1]
+            target = gaussian_targets(keypoints, visibility, heatmaps.shape[-2:], stride, config.loss.sigma)
+            l_h = l_h + heatmap_loss(heatmaps, target, visibility, config.loss.heatmap)
+        l_h = l_h / len(maps)
+        parts["l_h"] = float(l_h.detach())
+        total = total + l_h
+    if phase in ("mixture", "pose"):
+        combined = run.predictor.combine(outputs)
+        x2d = centre_of_mass_keypoints(combined, image_width / combined.shape[-1])
+        l_proj, l_reg = pose_losses(x2d, keypoints, x3d, K, config.loss.pnp)
+        parts["l_proj"] = float(l_proj.detach())
+        parts["l_reg"] = float(l_reg.detach())
+        total = total + (config.loss.beta * l_proj if phase == "mixture" else l_proj + l_reg)
+    return total, parts
+
+
+def in_image(keypoints: Tensor, width: int, height: int) -> Tensor:
+    """[B,K] keypoints inside the image. These are supervised, self-occluded ones included (as in
+    UAVA): PnP needs every keypoint, e.g. the centroid, which the body always hides."""
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _loader(run: TrainingRun, epoch: int) -> DataLoader:
+    config = run.config
+    dataset = run.train_data
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if hasattr(base, "set_epoch"):
+        base.set_epoch(epoch)
+    if run.world > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=run.world, rank=run.rank, shuffle=True, seed=config.seed
+        )
+        sampler.set_epoch(epoch)
+        return DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            num_workers=config.data.workers,
+            drop_last=False,
+            pin_memory=run.device.type == "cuda",
+        )
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        generator=generator,
+        num_workers=config.data.workers,
+        pin_memory=run.device.type == "cuda",
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    predictor: HeatmapPredictor, data: Dataset, drone: DroneModel, batch_size: int, device: torch.device
+) -> dict[str, float]:
+    """The papers' metrics plus the mean keypoint error (pixels) of the network on `data`."""
+    was_training = predictor.training
+    predictor.eval()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
+    x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
+    R_all, t_all, R_gt, t_gt, K_all, errors = [], [], [], [], [], []
+    for batch in loader:
+        images = batch["image"].to(device)
+        heatmaps = predictor(images)
+        x2d = keypoints_from_heatmaps(heatmaps, images.shape[-1] / heatmaps.shape[-1]).cpu().double()
+        visible = in_image(batch["keypoints"], images.shape[-1], images.shape[-2])
+        distance = (x2d - batch["keypoints"].double()).norm(dim=-1)
+        errors.append(distance[visible])
+        result = solve_pnp(x2d, x3d, batch["K"].double())
+        R_all.append(result.R)
+        t_all.append(result.t)
+        R_gt.append(batch["R"].double())
+        t_gt.append(batch["t"].double())
+        K_all.append(batch["K"].double())
+    predictor.train(was_training)
+    metrics = evaluate_poses(
+        torch.cat(R_all),
+        torch.cat(t_all),
+        torch.cat(R_gt),
+        torch.cat(t_gt),
+        x3d,
+        torch.cat(K_all),
+        drone.diagonal,
+    )
+    flat = torch.cat(errors)
+    metrics["keypoint_px"] = float(flat.mean()) if flat.numel() else float("nan")
+    return {key: float(value) for key, value in metrics.items()}
+
+
+def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset, DroneModel, tuple[int, int]]:
+    data = config.data
+    augment = AugmentConfig() if data.augment else None
+    if data.path is not None:
+        train_set = ShardDataset(data.path, data.train_split, augment=augment, seed=config.seed)
+        val_set = ShardDataset(data.path, data.val_split, augment=None, seed=config.seed)
+        drone = load_drone(train_set.drone)
+        size = (train_set.width, train_set.height)
+    else:
+        drone = load_drone(data.drone)
+        train_set = UAVADataset(
+            data.uava_root, data.drone, data.train_split, augment=augment, seed=config.seed
+        )
+        val_set = UAVADataset(data.uava_root, data.drone, data.val_split, augment=None, seed=config.seed)
+        size = (train_set.width, train_set.height)
+    if data.max_train_samples is not None:
+        train_set = Subset(train_set, range(min(data.max_train_samples, len(train_set))))
+    if data.max_val_samples is not None:
+        val_set = Subset(val_set, range(min(data.max_val_samples, len(val_set))))
+    return train_set, val_set, drone, size
+
+
+def _save_state(run: TrainingRun, epoch: int, path: Path) -> None:
+    state = {
+        "format": STATE_FORMAT,
+        "epoch": epoch,
+        "config": config_to_dict(run.config),
+        "model": run.predictor.network.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "best": run.best,
+        "history": run.history,
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+def _load_state(run: TrainingRun, path: Path) -> None:
+    state = torch.load(path, map_location=run.device, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: not a drone_pose training state")
+    saved, current = dict(state["config"]), config_to_dict(run.config)
+    saved.pop("epochs", None)
+    current.pop("epochs", None)
+    if saved != current:
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise ValueError(
+            f"{path}: cannot resume with a different configuration (changed: {', '.join(changed)})"
+        )
+    run.predictor.network.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.best = [float(v) for v in state["best"]]
+    run.history = list(state["history"])
+    run.start_epoch = int(state["epoch"]) + 1
+
+
+def _save_best(run: TrainingRun, row: dict[str, Any]) -> None:
+    config = run.config
+    training = {
+        "experiment": config.name,
+        "epoch": row["epoch"],
+        "data": config.data.path or config.data.uava_root,
+        "loss": config_to_dict(config)["loss"],
+        "device": str(run.device),
+        "world_size": run.world,
+        "timings_ms": {k: row[k] for k in ("forward_ms", "backward_ms", "optimiser_step_ms")},
+    }
+    metrics = {
+        k: v
+        for k, v in row.items()
+        if k in ("NPE", "AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5", "count", "keypoint_px")
+    }
+    checkpoint = make_checkpoint(
+        run.predictor.network,
+        config.network,
+        run.drone,
+        run.image_size,
+        heatmap_sigma=config.loss.sigma,
+        training=training,
+        metrics=metrics,
+    )
+    save_checkpoint(checkpoint, config.run_dir() / "best.pt")
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a declared dependency; tolerate a trimmed install
+        log.warning("tensorboard is not installed: no TensorBoard logs")
+        return None
+    with contextlib.suppress(Exception):
+        return SummaryWriter(str(run_dir / "tensorboard"))
+    return None
+
+
+__all__ = ["EpochTimes", "TrainingForward", "evaluate", "prepare", "train"]
