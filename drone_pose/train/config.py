@@ -56,7 +56,10 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """Adam. schedule: constant (the study) or cosine (lr decays to 0 over the epochs)."""
+
     lr: float = 1e-4
+    schedule: str = "constant"
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
 
@@ -68,6 +71,7 @@ class TrainConfig:
     name: str = "experiment"
     data: DataConfig = field(default_factory=DataConfig)
     network: str | dict[str, Any] = "hrnet_lite"
+    init: str | None = None  # a drone_pose checkpoint whose weights start the run (fine-tuning)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 1989
@@ -126,6 +130,7 @@ def validate(config: TrainConfig) -> None:
         ("loss.sigma", config.loss.sigma > 0, "positive"),
         ("loss.heatmap_only_epochs", config.loss.heatmap_only_epochs >= 0, "a non-negative integer"),
         ("optim.lr", config.optim.lr > 0, "positive"),
+        ("optim.schedule", config.optim.schedule in ("constant", "cosine"), "constant or cosine"),
         ("optim.betas", all(0 <= b < 1 for b in config.optim.betas), "two numbers in [0, 1)"),
         ("optim.weight_decay", config.optim.weight_decay >= 0, "non-negative"),
         ("epochs", config.epochs >= 1, "at least 1"),
@@ -146,6 +151,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"{key}: dataset folder not found: {root}")
     if data.uava_root is not None and not data.drone:
         raise ConfigError("data.drone must name the drone model when data.uava_root is used")
+    if config.init is not None and not Path(config.init).is_file():
+        raise ConfigError(f"init: checkpoint not found: {config.init}")
     for key in ("max_train_samples", "max_val_samples"):
         value = getattr(data, key)
         if value is not None and value < 1:

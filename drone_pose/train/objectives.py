@@ -64,7 +64,7 @@ def keypoints_from_heatmaps(heatmaps: Tensor, stride: float) -> Tensor:
     return heatmap_to_image(xy, stride)
 
 
-def centre_of_mass_keypoints(heatmaps: Tensor, stride: float, radius: int = 4) -> Tensor:
+def centre_of_mass_keypoints(heatmaps: Tensor, stride: float, radius: int = 6) -> Tensor:
     """Differentiable image-pixel keypoints [B,K,2]: centre of mass of max(h, 0) in the
     (2 radius + 1)^2 window around each heatmap's arg-max (the window is clamped to the map)."""
     batch, joints, height, width = heatmaps.shape

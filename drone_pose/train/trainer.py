@@ -28,7 +28,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from drone_pose.checkpoint import make_checkpoint, save_checkpoint
+from drone_pose.checkpoint import (
+    load_checkpoint,
+    make_checkpoint,
+    network_from_checkpoint,
+    plain_network_config,
+    save_checkpoint,
+)
 from drone_pose.data.augment import AugmentConfig
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import DroneModel, load_drone
@@ -114,6 +120,11 @@ def prepare(config: TrainConfig) -> TrainingRun:
     train_data, val_data, drone, image_size = _datasets(config)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     network = build_network(config.network)
+    if config.init is not None:
+        initial = load_checkpoint(config.init)
+        if plain_network_config(config.network) != initial["network"]:
+            raise ValueError(f"init: {config.init} holds a different network than the config's")
+        network.load_state_dict(network_from_checkpoint(initial, config.init).state_dict())
     if network_heatmaps(config) != drone.num_keypoints:
         raise ValueError(
             f"network predicts {network_heatmaps(config)} heatmaps; {drone.name} has "
@@ -160,6 +171,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             # New loss, new gradient scale: Adam's moments of the heatmap phase would make the first
             # pose steps orders of magnitude too large.
             run.optimizer.state.clear()
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch)
         times = EpochTimes()
         train_loss, losses = _train_epoch(run, epoch, scaler, times, progress and main_process)
         validation_started = time.perf_counter()
@@ -176,7 +189,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             **metrics,
             **times.means_ms(),
             "validation_s": time.perf_counter() - validation_started,
-            "lr": config.optim.lr,
+            "lr": learning_rate(config, epoch),
         }
         run.history.append(row)
         if main_process:
@@ -213,6 +226,13 @@ def selection_score(metrics: dict[str, float], metric: str) -> list[float]:
 
 def _metric_value(score: list[float], metric: str) -> float:
     return -score[0] if metric == "keypoint_px" else score[0]
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of an epoch (stateless, so resuming needs no scheduler state)."""
+    if config.optim.schedule == "cosine":
+        return config.optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return config.optim.lr
 
 
 def _phase(config: TrainConfig, epoch: int) -> str:
