@@ -154,6 +154,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from drone_pose.evaluate import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        out=args.out,
+        uava_drone=args.uava_drone,
+        device=args.device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
+    print(summary.pop("table"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -233,6 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=_cmd_train)
+
+    evaluation = commands.add_parser("eval", help="a checkpoint's metric table on a dataset split (+ plots)")
+    evaluation.add_argument("--checkpoint", required=True)
+    evaluation.add_argument("--data", required=True, help="dataset folder (drone-pose synth) or UAVA root")
+    evaluation.add_argument("--split", default="test")
+    evaluation.add_argument("--uava-drone", help="read --data as a UAVA root for this drone")
+    evaluation.add_argument("--out", help="report folder: results.md/json, samples.csv, plots, overlays")
+    evaluation.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    evaluation.add_argument("--batch-size", type=int, default=16)
+    evaluation.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    evaluation.set_defaults(run=_cmd_eval)
 
     export = commands.add_parser("export", help="a checkpoint's heatmap model as ONNX or TorchScript")
     export.add_argument("--checkpoint", required=True, help="drone_pose checkpoint (.pt)")

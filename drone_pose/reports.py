@@ -1,0 +1,100 @@
+"""Evaluation reports: the papers' metric table (Markdown + JSON), per-sample CSV and plots.
+
+Plots use matplotlib's Agg backend (files only, no display): error against distance and against
+the drone's size in pixels, and the mean error per keypoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+METRIC_COLUMNS = ("NPE", "AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5")
+
+
+def format_metric(name: str, value: float) -> str:
+    """NPE as a ratio (3 decimals), AD in degrees, the rest in percent."""
+    if name == "NPE":
+        return f"{value:.3f}"
+    if name == "AD":
+        return f"{np.degrees(value):.2f} deg"
+    return f"{value:.1f}"
+
+
+def markdown_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
+    """A Markdown table with one row per (label, metrics) in the papers' column order."""
+    header = "| model | " + " | ".join(METRIC_COLUMNS) + " |"
+    rule = "| --- |" + " --- |" * len(METRIC_COLUMNS)
+    lines = [header, rule]
+    for label, metrics in rows:
+        cells = [format_metric(c, metrics[c]) if c in metrics else "" for c in METRIC_COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(
+    out: str | Path,
+    label: str,
+    metrics: dict[str, Any],
+    samples: dict[str, np.ndarray],
+    keypoint_errors_px: np.ndarray,
+    keypoint_names: Sequence[str],
+) -> dict[str, str]:
+    """Write results.json, results.md, samples.csv and the plots to `out`; returns their paths.
+
+    samples: per-sample arrays of equal length, at least distance_m, size_px, rotation_deg,
+    translation_cm, proj_px; keypoint_errors_px [S,K] (NaN where a keypoint is not scored).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "samples": out / "samples.csv"}
+    per_keypoint = np.nanmean(keypoint_errors_px, axis=0) if len(keypoint_errors_px) else np.array([])
+    document = {
+        "label": label,
+        "metrics": metrics,
+        "per_keypoint_px": dict(zip(keypoint_names, map(float, per_keypoint), strict=False)),
+    }
+    paths["json"].write_text(json.dumps(document, indent=2))
+    paths["markdown"].write_text(f"# {label}\n\n" + markdown_table([(label, metrics)]))
+    with paths["samples"].open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(list(samples))
+        writer.writerows(zip(*(np.asarray(v).tolist() for v in samples.values()), strict=True))
+    paths.update(_plots(out, samples, per_keypoint, keypoint_names))
+    return {key: str(path) for key, path in paths.items()}
+
+
+def _plots(
+    out: Path, samples: dict[str, np.ndarray], per_keypoint: np.ndarray, names: Sequence[str]
+) -> dict[str, Path]:
+    paths = {}
+    for x_key, x_label, name in (
+        ("distance_m", "distance to the camera (m)", "error_vs_distance"),
+        ("size_px", "drone size in the image (px, model diagonal)", "error_vs_size"),
+    ):
+        figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+        x = np.asarray(samples[x_key])
+        axes[0].scatter(x, samples["rotation_deg"], s=6, alpha=0.5)
+        axes[0].set(xlabel=x_label, ylabel="rotation error (deg)", yscale="log")
+        axes[1].scatter(x, samples["translation_cm"], s=6, alpha=0.5, color="tab:orange")
+        axes[1].set(xlabel=x_label, ylabel="translation error (cm)", yscale="log")
+        paths[name] = out / f"{name}.png"
+        figure.savefig(paths[name], dpi=100)
+        plt.close(figure)
+    figure, axis = plt.subplots(figsize=(8, 4), constrained_layout=True)
+    axis.bar(range(len(per_keypoint)), per_keypoint)
+    axis.set_xticks(range(len(per_keypoint)), list(names)[: len(per_keypoint)], rotation=45, ha="right")
+    axis.set(ylabel="mean keypoint error (px)")
+    paths["per_keypoint"] = out / "per_keypoint.png"
+    figure.savefig(paths["per_keypoint"], dpi=100)
+    plt.close(figure)
+    return paths
