@@ -138,6 +138,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)  # fails here, before any data is read
     summary = train(config, resume=args.resume, progress=not args.no_progress)
+    if summary["rank"] != 0:
+        return 0  # under torchrun only rank 0 reports
     last = summary["history"][-1] if summary["history"] else {}
     print(
         json.dumps(

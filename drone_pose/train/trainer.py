@@ -206,7 +206,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 writer.flush()
     if writer is not None:
         writer.close()
+    if run.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     return {
+        "rank": run.rank,
         "run_dir": str(run_dir),
         "history": run.history,
         "best": {config.metric: _metric_value(run.best, config.metric)},

@@ -124,3 +124,37 @@ def test_pose_loss_fine_tunes_through_bpnp_and_overfits(heatmap_overfit, tiny_da
     assert history[-1]["ACC5"] >= heatmap_summary["history"][-1]["ACC5"]
     tail = losses(summary)[-5:]
     assert all(b <= a for a, b in itertools.pairwise(tail)), tail
+
+
+def test_distributed_data_parallel_under_torchrun(tiny_data, tmp_path):
+    """Two CPU processes (gloo) through torchrun: one report, one run folder, checkpoints written."""
+    import subprocess
+    import sys
+
+    network = json.dumps(TINY_NET)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "drone_pose.cli",
+        "train",
+        f"data.path={tiny_data}",
+        f"output={tmp_path}",
+        "name=ddp",
+        "epochs=2",
+        "batch_size=2",
+        "data.workers=0",
+        f"network={network}",
+        "--no-progress",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.count('"run_dir"') == 1
+    rows = list(csv.DictReader((tmp_path / "ddp" / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert (tmp_path / "ddp" / "best.pt").is_file()
+    assert (tmp_path / "ddp" / "last.pt").is_file()
