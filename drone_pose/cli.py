@@ -174,6 +174,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from drone_pose.train.reproduce import reproduce
+
+    network = args.network
+    if network is not None and network.lstrip().startswith("{"):
+        network = json.loads(network)
+    summary = reproduce(
+        args.out,
+        args.results,
+        drones=tuple(args.drones),
+        tables=tuple(args.tables),
+        epochs=args.epochs,
+        images=args.images,
+        network=network,
+        width=args.width,
+        height=args.height,
+        extra=tuple(args.set or ()),
+        progress=not args.no_progress,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -253,6 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=_cmd_train)
+
+    grid = commands.add_parser("reproduce", help="the study's Tables 3-7 at a chosen scale -> results page")
+    grid.add_argument("--out", default="reproduce", help="work folder: data/, runs/, reports/")
+    grid.add_argument("--results", default="docs/results.md", help="the results page to write")
+    grid.add_argument("--drones", nargs="+", default=["m2ed", "tello"])
+    grid.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7], choices=[3, 4, 5, 6, 7])
+    grid.add_argument("--epochs", type=int, default=44, help="epochs per run (the study: 44)")
+    grid.add_argument("--images", type=int, default=20000, help="rendered images per drone (80/10/10 split)")
+    grid.add_argument("--network", help="replace HRNet-W48 (preset name or JSON mapping), e.g. hrnet_lite")
+    grid.add_argument("--width", type=int, default=320)
+    grid.add_argument("--height", type=int, default=240)
+    grid.add_argument("--set", action="append", help="extra training override for every run (key=value)")
+    grid.add_argument("--no-progress", action="store_true")
+    grid.set_defaults(run=_cmd_reproduce)
 
     evaluation = commands.add_parser("eval", help="a checkpoint's metric table on a dataset split (+ plots)")
     evaluation.add_argument("--checkpoint", required=True)

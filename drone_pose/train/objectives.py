@@ -83,18 +83,33 @@ def centre_of_mass_keypoints(heatmaps: Tensor, stride: float, radius: int = 6) -
     return heatmap_to_image(torch.stack((x, y), dim=-1), stride)
 
 
-def pose_from_keypoints(x2d: Tensor, x3d: Tensor, K: Tensor, layer: str) -> tuple[Tensor, Tensor]:
-    """Differentiable pose (R [B,3,3], t [B,3]) from keypoints [B,K,2] through the chosen layer."""
+def pose_from_keypoints(x2d: Tensor, x3d: Tensor, K: Tensor, layer: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Differentiable pose (R [B,3,3], t [B,3]) from keypoints [B,K,2] through the chosen layer, and
+    a usable mask [B]: the solver converged (BPnP) or the pose is finite and in front (EPnP)."""
     if layer == "epnp":
-        return epnp(x2d.double(), x3d.double(), K.double(), all_candidates=False)
+        R, t = epnp(x2d.double(), x3d.double(), K.double(), all_candidates=False)
+        usable = torch.isfinite(R).flatten(1).all(1) & torch.isfinite(t).all(1) & (t[:, 2] > 0)
+        return R, t, usable
     grad = "exact" if layer == "bpnp_exact" else "gauss_newton"
     result = pnp_layer(x2d.double(), x3d.double(), K.double(), grad=grad)
-    return result.R, result.t
+    return result.R, result.t, result.converged
 
 
-def pose_losses(x2d: Tensor, x2d_true: Tensor, x3d: Tensor, K: Tensor, layer: str) -> tuple[Tensor, Tensor]:
-    """(l_proj, l_reg) in pixels^2 for predicted keypoints x2d [B,K,2] and true keypoints [B,K,2]."""
-    R, t = pose_from_keypoints(x2d, x3d, K, layer)
-    l_proj = projection_loss(R, t, x3d.double(), K.double(), x2d_true.double())
-    l_reg = regression_loss(x2d.double(), R, t, x3d.double(), K.double())
-    return l_proj.float(), l_reg.float()
+def pose_losses(
+    x2d: Tensor, x2d_true: Tensor, x3d: Tensor, K: Tensor, layer: str
+) -> tuple[Tensor, Tensor, int]:
+    """(l_proj, l_reg) in pixels^2 for predicted keypoints x2d [B,K,2] and true keypoints [B,K,2],
+    over the samples whose pose is usable, and the number of samples left out (a failed solve
+    early in training must not put an infinite loss into the gradients)."""
+    R, t, usable = pose_from_keypoints(x2d, x3d, K, layer)
+    dropped = int((~usable).sum())
+    if dropped == len(usable):
+        zero = x2d.sum() * 0.0  # keeps the graph: no gradient, no NaN
+        return zero, zero, dropped
+    keep = usable.nonzero().squeeze(-1)
+    x3d, K = x3d.double(), K.double()
+    K = K[keep] if K.ndim == 3 else K
+    x3d = x3d[keep] if x3d.ndim == 3 else x3d
+    l_proj = projection_loss(R[keep], t[keep], x3d, K, x2d_true[keep].double())
+    l_reg = regression_loss(x2d[keep].double(), R[keep], t[keep], x3d, K)
+    return l_proj.float(), l_reg.float(), dropped

@@ -198,7 +198,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                 run.best = score
                 _save_best(run, row)
             _save_state(run, epoch, run_dir / "last.pt")
-            _append_csv(run_dir / "metrics.csv", row)
+            _write_csv(run_dir / "metrics.csv", run.history)
             if writer is not None:
                 for key, value in row.items():
                     if isinstance(value, (int, float)) and key != "epoch":
@@ -256,7 +256,7 @@ def _train_epoch(
     phase = _phase(config, epoch)
     x3d = torch.tensor(run.drone.keypoints, dtype=torch.float64, device=run.device)
     totals: dict[str, float] = {}
-    count = 0
+    count = skipped = 0
     bar = tqdm(
         loader, desc=f"epoch {epoch + 1}/{config.epochs} [{phase}]", disable=not progress, unit="batch"
     )
@@ -272,6 +272,10 @@ def _train_epoch(
         _sync(run.device)
         t1 = time.perf_counter()
         run.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            skipped += 1  # never let a NaN or inf reach the weights
+            log.warning("epoch %d: non-finite loss %s, step skipped", epoch + 1, float(loss))
+            continue
         scaler.scale(loss).backward()
         _sync(run.device)
         t2 = time.perf_counter()
@@ -289,7 +293,8 @@ def _train_epoch(
             totals[key] = totals.get(key, 0.0) + value * size
         bar.set_postfix(loss=f"{totals['loss'] / count:.4g}", img_s=f"{size / max(t3 - t0, 1e-9):.1f}")
     means = {key: value / max(count, 1) for key, value in totals.items()}
-    return means.pop("loss"), means
+    means["skipped_steps"] = float(skipped)
+    return means.pop("loss", math.nan), means
 
 
 def _loss(
@@ -318,9 +323,10 @@ def _loss(
     if phase in ("mixture", "pose"):
         combined = run.predictor.combine(outputs)
         x2d = centre_of_mass_keypoints(combined, image_width / combined.shape[-1])
-        l_proj, l_reg = pose_losses(x2d, keypoints, x3d, K, config.loss.pnp)
+        l_proj, l_reg, dropped = pose_losses(x2d, keypoints, x3d, K, config.loss.pnp)
         parts["l_proj"] = float(l_proj.detach())
         parts["l_reg"] = float(l_reg.detach())
+        parts["pnp_failures"] = float(dropped) / keypoints.shape[0]
         total = total + (config.loss.beta * l_proj if phase == "mixture" else l_proj + l_reg)
     return total, parts
 
@@ -489,13 +495,17 @@ def _save_best(run: TrainingRun, row: dict[str, Any]) -> None:
     save_checkpoint(checkpoint, config.run_dir() / "best.pt")
 
 
-def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """All epochs so far, columns the union of every row's (phases add loss terms)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
 
 
 def _tensorboard(run_dir: Path) -> Any:

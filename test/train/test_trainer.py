@@ -158,3 +158,45 @@ def test_distributed_data_parallel_under_torchrun(tiny_data, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert (tmp_path / "ddp" / "best.pt").is_file()
     assert (tmp_path / "ddp" / "last.pt").is_file()
+
+
+def test_reproduce_writes_measured_and_study_tables(tmp_path, capsys):
+    from drone_pose.cli import main
+
+    results = tmp_path / "results.md"
+    arguments = [
+        "reproduce",
+        "--out",
+        str(tmp_path / "work"),
+        "--results",
+        str(results),
+        "--drones",
+        "m2ed",
+        "--tables",
+        "3",
+        "--epochs",
+        "1",
+        "--images",
+        "10",
+        "--width",
+        "128",
+        "--height",
+        "96",
+        "--network",
+        json.dumps(TINY_NET),
+        "--set",
+        "data.workers=0",
+        "--set",
+        "batch_size=4",
+        "--no-progress",
+    ]
+    assert main(arguments) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["runs"] == 3
+    page = results.read_text()
+    for label in ("l_h", "l_m", "l_p"):
+        assert f"| m2ed | {label} | measured |" in page
+        assert f"| m2ed | {label} | study |" in page
+    assert "| m2ed | l_p | study | 0.012 | 0.026 | 95.20 | 98.36 | 90.29 | 96.81 | 98.05 | 99.14 |" in page
+    assert '"epochs": 1' in page
+    assert (tmp_path / "work" / "reports").is_dir()
