@@ -39,6 +39,7 @@ setup(
     entry_points={
         "console_scripts": [
             "drone-pose = drone_pose.cli:main",
+            "tracker_node = drone_pose.ros.tracker_node:main",
         ],
     },
 )

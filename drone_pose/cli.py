@@ -197,6 +197,22 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from drone_pose.ros.replay import replay_bag
+
+    summary = replay_bag(
+        args.bag,
+        rate=args.rate,
+        loop=args.loop,
+        topics=args.topics,
+        clock=args.clock,
+        wait_for=args.wait_for,
+        wait_timeout_s=args.wait_timeout,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -290,6 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--set", action="append", help="extra training override for every run (key=value)")
     grid.add_argument("--no-progress", action="store_true")
     grid.set_defaults(run=_cmd_reproduce)
+
+    replay = commands.add_parser(
+        "replay", help="publish a rosbag2 file over DDS with its timing (ros2 bag play)"
+    )
+    replay.add_argument("bag", help="rosbag2 folder (MCAP or sqlite3)")
+    replay.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    replay.add_argument("--loop", action="store_true")
+    replay.add_argument("--topics", nargs="+", help="only these topics")
+    replay.add_argument("--clock", action="store_true", help="publish /clock from the bag time")
+    replay.add_argument("--wait-for", help="wait until this topic has a subscriber before playing")
+    replay.add_argument("--wait-timeout", type=float, default=30.0)
+    replay.set_defaults(run=_cmd_replay)
 
     evaluation = commands.add_parser("eval", help="a checkpoint's metric table on a dataset split (+ plots)")
     evaluation.add_argument("--checkpoint", required=True)

@@ -1,0 +1,343 @@
+"""The tracker node: camera images in, drone pose out (PoseStamped, PoseWithCovarianceStamped, TF,
+diagnostics). Thin: every decision about pixels and poses is PoseEstimator's.
+
+Threads: rclpy callbacks (SingleThreadedExecutor) only validate and park the newest frame in a
+one-slot mailbox; a worker thread runs the estimator on it. A frame that arrives before the worker
+took the previous one replaces it and is counted as dropped, so the queue never grows. Every
+rejected input is counted by reason and reported on /diagnostics; nothing here raises into rclpy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image
+
+from drone_pose.ros.image_conversions import ImageConversionError, image_to_numpy
+from drone_pose.ros.qos import sensor_data_qos
+from drone_pose.ros.tf import TransformBroadcaster, transform_stamped
+
+CAMERA_INFO_HISTORY = 64
+# Reasons an image is rejected before estimation (the others come from the estimator's verdict).
+INPUT_REJECTIONS = (
+    "stamp_not_increasing",
+    "missing_camera_info",
+    "bad_image",
+    "bad_camera_info",
+    "camera_info_size_mismatch",
+    "image_too_small",
+)
+LATENCY_WINDOW = 300
+
+
+@dataclass
+class Frame:
+    """A validated input: RGB pixels [H,W,3] uint8, intrinsics K [3,3], header, receive time (s)."""
+
+    rgb: np.ndarray
+    K: np.ndarray
+    header: Any
+    received: float
+
+
+def rgb_of(msg: Image) -> np.ndarray:
+    """[H,W,3] uint8 RGB of an rgb8, bgr8, rgba8, bgra8 or mono8 image; ImageConversionError otherwise."""
+    pixels = image_to_numpy(msg)
+    if pixels.dtype != np.uint8:
+        raise ImageConversionError(f"encoding {msg.encoding} is not 8-bit; the tracker needs rgb8/bgr8/mono8")
+    if msg.encoding in ("rgb8", "8UC3"):
+        return pixels
+    if msg.encoding == "bgr8":
+        return pixels[..., ::-1]
+    if msg.encoding in ("rgba8", "bgra8"):
+        rgb = pixels[..., :3]
+        return rgb if msg.encoding == "rgba8" else rgb[..., ::-1]
+    return np.repeat(pixels, 3, axis=2)  # mono8 / 8UC1
+
+
+def intrinsics_of(info: CameraInfo) -> np.ndarray:
+    """K [3,3] of a CameraInfo; ValueError when it is not a usable pinhole matrix."""
+    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], (0, 0, 1)):
+        raise ValueError("camera_info K is not a finite pinhole matrix with positive focal lengths")
+    return K
+
+
+def stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class TrackerNode(Node):
+    """Drone pose tracker on one camera (topics `image`, `camera_info`; remap them)."""
+
+    def __init__(self, estimator: Any = None, **kwargs: Any) -> None:
+        super().__init__("drone_pose_tracker", **kwargs)
+        self._declare_parameters()
+        self.estimator = estimator or self._load_estimator()
+        self.drone_frame = self.get_parameter("drone_frame").value
+        self.counters: Counter[str] = Counter()
+        self.last_rejection = ""
+        self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._infos: deque[tuple[int, CameraInfo]] = deque(maxlen=CAMERA_INFO_HISTORY)
+        self._slot: Frame | None = None
+        self._slot_lock = threading.Condition()
+        self._last_stamp = -1
+        self._running = True
+        depth = int(self.get_parameter("input_queue_depth").value)
+        output_qos = QoSProfile(depth=int(self.get_parameter("output_queue_depth").value))
+        self.create_subscription(Image, "image", self._on_image, sensor_data_qos(depth))
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_data_qos(depth))
+        self.pose_publisher = self.create_publisher(PoseStamped, "pose", output_qos)
+        self.covariance_publisher = self.create_publisher(
+            PoseWithCovarianceStamped, "pose_with_covariance", output_qos
+        )
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.tf = TransformBroadcaster(self) if self.get_parameter("publish_tf").value else None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self._rates_since = time.monotonic()
+        self._window_base = (0, 0)
+        self._worker = threading.Thread(target=self._work, name="drone_pose_estimator", daemon=True)
+        self._worker.start()
+
+    # -- parameters -------------------------------------------------------------------------
+    def _declare_parameters(self) -> None:
+        def describe(text: str, low: float | None = None, high: float | None = None) -> ParameterDescriptor:
+            descriptor = ParameterDescriptor(description=text)
+            if low is not None:
+                descriptor.floating_point_range = [
+                    FloatingPointRange(from_value=low, to_value=high, step=0.0)
+                ]
+            return descriptor
+
+        self.declare_parameter("checkpoint", "", describe("drone_pose checkpoint (.pt)"))
+        self.declare_parameter("device", "auto", describe("cpu, cuda, cuda:N or auto"))
+        self.declare_parameter("drone_frame", "drone", describe("child frame of the published TF"))
+        self.declare_parameter("publish_tf", True, describe("publish camera optical -> drone on /tf"))
+        self.declare_parameter(
+            "min_keypoint_confidence",
+            0.1,
+            describe("heatmap peak below which a keypoint is ignored (negative: keep all)", -1.0, 1.0),
+        )
+        self.declare_parameter(
+            "max_reprojection_rms_px",
+            8.0,
+            describe("reject poses whose keypoint RMS reprojection error exceeds this", 0.0, 1.0e6),
+        )
+        self.declare_parameter(
+            "input_queue_depth", 5, describe("QoS depth of the image and camera_info inputs")
+        )
+        self.declare_parameter("output_queue_depth", 10, describe("QoS depth of the pose outputs"))
+
+    def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
+        updates = {}
+        for parameter in parameters:
+            if parameter.name in ("min_keypoint_confidence", "max_reprojection_rms_px"):
+                value = float(parameter.value)
+                if not math.isfinite(value) or (parameter.name == "max_reprojection_rms_px" and value <= 0):
+                    return SetParametersResult(successful=False, reason=f"{parameter.name}: bad value {value}")
+                updates[parameter.name] = value
+            elif parameter.name in ("checkpoint", "device", "input_queue_depth", "output_queue_depth"):
+                return SetParametersResult(
+                    successful=False, reason=f"{parameter.name} is read-only at run time"
+                )
+        if updates:  # one attribute assignment: the worker sees either the old or the new set
+            self.estimator.thresholds = dataclasses.replace(self.estimator.thresholds, **updates)
+        return SetParametersResult(successful=True)
+
+    def _load_estimator(self) -> Any:
+        from drone_pose.estimator import EstimatorThresholds, PoseEstimator
+
+        checkpoint = self.get_parameter("checkpoint").value
+        if not checkpoint:
+            raise ValueError("parameter 'checkpoint' is empty: name a drone_pose checkpoint (.pt)")
+        device = self.get_parameter("device").value
+        thresholds = EstimatorThresholds(
+            min_keypoint_confidence=float(self.get_parameter("min_keypoint_confidence").value),
+            max_reprojection_rms_px=float(self.get_parameter("max_reprojection_rms_px").value),
+        )
+        return PoseEstimator.from_checkpoint(
+            checkpoint, device=None if device == "auto" else device, thresholds=thresholds
+        )
+
+    # -- inputs (executor thread) -------------------------------------------------------------
+    def _reject(self, reason: str) -> None:
+        self.counters[f"rejected_{reason}"] += 1
+        self.last_rejection = reason
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.counters["camera_info_received"] += 1
+        self._infos.append((stamp_ns(msg.header), msg))
+
+    def _on_image(self, msg: Image) -> None:
+        received = time.monotonic()
+        self.counters["images_received"] += 1
+        stamp = stamp_ns(msg.header)
+        if stamp <= self._last_stamp:
+            self._reject("stamp_not_increasing")
+            return
+        info = self._camera_info_for(stamp)
+        if info is None:
+            self._reject("missing_camera_info")
+            return
+        try:
+            rgb = rgb_of(msg)
+            K = intrinsics_of(info)
+        except ImageConversionError:
+            self._reject("bad_image")
+            return
+        except ValueError:
+            self._reject("bad_camera_info")
+            return
+        if (int(info.width), int(info.height)) != (rgb.shape[1], rgb.shape[0]):
+            self._reject("camera_info_size_mismatch")
+            return
+        if min(rgb.shape[:2]) < 8:
+            self._reject("image_too_small")
+            return
+        self._last_stamp = stamp
+        with self._slot_lock:
+            if self._slot is not None:
+                self.counters["frames_dropped"] += 1
+            self._slot = Frame(np.ascontiguousarray(rgb), K, msg.header, received)
+            self._slot_lock.notify()
+
+    def _camera_info_for(self, stamp: int) -> CameraInfo | None:
+        """The CameraInfo with the image's stamp, else the newest one received (a static camera)."""
+        for info_stamp, info in reversed(self._infos):
+            if info_stamp == stamp:
+                return info
+        return self._infos[-1][1] if self._infos else None
+
+    # -- estimation (worker thread) -----------------------------------------------------------
+    def _work(self) -> None:
+        while self._running:
+            with self._slot_lock:
+                while self._slot is None and self._running:
+                    self._slot_lock.wait(timeout=0.5)
+                frame, self._slot = self._slot, None
+            if frame is None:
+                continue
+            try:
+                self._process(frame)
+            except Exception as error:  # a bad frame must never stop the tracker
+                self._reject("estimator_error")
+                self.get_logger().error(f"estimation failed: {type(error).__name__}: {error}")
+
+    def _process(self, frame: Frame) -> None:
+        result = self.estimator.estimate(frame.rgb, frame.K)
+        self.counters["frames_processed"] += 1
+        if not bool(result.valid[0]):
+            self._reject(result.reasons[0] or "invalid")
+            return
+        R, t, covariance = result.R[0].numpy(), result.t[0].numpy(), result.covariance[0].numpy()
+        if not (np.isfinite(R).all() and np.isfinite(t).all() and np.isfinite(covariance).all()):
+            self._reject("non_finite_pose")
+            return
+        quaternion = _quaternion_xyzw(R)
+        pose = PoseStamped()
+        pose.header = frame.header
+        _fill_pose(pose.pose, quaternion, t)
+        with_covariance = PoseWithCovarianceStamped()
+        with_covariance.header = frame.header
+        _fill_pose(with_covariance.pose.pose, quaternion, t)
+        # PnP covariance order (tx, ty, tz, rx, ry, rz), rotation as a left perturbation in the camera
+        # frame: ROS's (x, y, z, rot x, rot y, rot z) about the header frame's axes.
+        with_covariance.pose.covariance = [float(v) for v in covariance.reshape(-1)]
+        self.pose_publisher.publish(pose)
+        self.covariance_publisher.publish(with_covariance)
+        if self.tf is not None:
+            self.tf.send(
+                [
+                    transform_stamped(
+                        quaternion, t, frame.header.stamp, frame.header.frame_id, self.drone_frame
+                    )
+                ]
+            )
+        self.counters["poses_published"] += 1
+        self.latencies_ms.append(1e3 * (time.monotonic() - frame.received))
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        now = time.monotonic()
+        elapsed = max(now - self._rates_since, 1e-6)
+        received, processed = self.counters["images_received"], self.counters["frames_processed"]
+        last_received, last_processed = self._window_base
+        self._rates_since, self._window_base = now, (received, processed)
+        latencies = np.array(self.latencies_ms) if self.latencies_ms else np.array([math.nan])
+        values = {
+            "input_rate_hz": (received - last_received) / elapsed,
+            "processed_rate_hz": (processed - last_processed) / elapsed,
+            "latency_p50_ms": float(np.percentile(latencies, 50)),
+            "latency_p95_ms": float(np.percentile(latencies, 95)),
+            "device": str(getattr(self.estimator, "device", "")),
+            "model": str(getattr(self.estimator, "description", {}).get("path", "")),
+            "last_rejection": self.last_rejection,
+            **dict(self.counters),
+        }
+        status = DiagnosticStatus(name="drone_pose: tracker", hardware_id=self.get_fully_qualified_name())
+        rejected = sum(v for k, v in self.counters.items() if k.startswith("rejected_"))
+        status.level = DiagnosticStatus.WARN if self.last_rejection else DiagnosticStatus.OK
+        status.message = f"{self.counters['poses_published']} poses, {rejected} rejected"
+        status.values = [
+            KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()
+        ]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(array)
+
+    def destroy_node(self) -> None:
+        self._running = False
+        with self._slot_lock:
+            self._slot_lock.notify_all()
+        self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def _quaternion_xyzw(R: np.ndarray) -> np.ndarray:
+    import roma
+    import torch
+
+    return roma.rotmat_to_unitquat(torch.from_numpy(np.ascontiguousarray(R, dtype=np.float64))).numpy()
+
+
+def _fill_pose(pose: Any, quaternion: np.ndarray, t: np.ndarray) -> None:
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in t)
+    pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (
+        float(v) for v in quaternion
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point `tracker_node` (rclpy arguments: --ros-args -p checkpoint:=... -r image:=...)."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = TrackerNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

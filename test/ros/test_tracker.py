@@ -1,0 +1,227 @@
+"""The tracker node over real DDS: a replayed synthetic flight bag in, poses, covariance, TF and
+diagnostics out, each in its own process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from rclpy.qos import QoSProfile
+from rosbags.rosbag2 import Reader
+from tf2_msgs.msg import TFMessage
+
+from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
+from drone_pose.checkpoint import make_checkpoint, save_checkpoint
+from drone_pose.data.drones import load_drone
+from drone_pose.nets.build import build_network
+from drone_pose.ros.qos import TF_TOPIC, tf_qos
+from drone_pose.ros.tracker_node import INPUT_REJECTIONS
+
+from .conftest import spin_until
+
+pytestmark = pytest.mark.ros
+
+TINY_NET = {
+    "architecture": "hrnet",
+    "heatmaps": 9,
+    "stem_channels": 16,
+    "stem_planes": 8,
+    "stem_blocks": 1,
+    "stages": [{"modules": 1, "blocks": [1, 1], "channels": [16, 32]}],
+}
+
+
+@pytest.fixture(scope="module")
+def flight(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracker")
+    bag = root / "flight"
+    write_flight_bag(
+        bag, FlightBagSpec(drone="m2ed", seconds=2.0, rate_hz=10.0, seed=1), workers=1, progress=False
+    )
+    torch.manual_seed(0)  # an untrained but fixed network: the test is about plumbing, not accuracy
+    checkpoint = save_checkpoint(
+        make_checkpoint(build_network(TINY_NET), TINY_NET, load_drone("m2ed"), (320, 240)), root / "tiny.pt"
+    )
+    with Reader(bag) as reader:
+        stamps = sorted(t for c, t, _ in reader.messages() if c.topic == "/camera/image_raw")
+    return bag, checkpoint, stamps
+
+
+def start(*command: str) -> subprocess.Popen:
+    return subprocess.Popen([*command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_node, flight):
+    node, executor = ros_node
+    bag, checkpoint, image_stamps = flight
+    poses, covariances, transforms, diagnostics = [], [], [], []
+    node.create_subscription(PoseStamped, "/pose", poses.append, QoSProfile(depth=50))
+    node.create_subscription(
+        PoseWithCovarianceStamped, "/pose_with_covariance", covariances.append, QoSProfile(depth=50)
+    )
+    node.create_subscription(TFMessage, TF_TOPIC, transforms.append, tf_qos())
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
+    tracker = start(
+        sys.executable,
+        "-m",
+        "drone_pose.ros.tracker_node",
+        "--ros-args",
+        "-p",
+        f"checkpoint:={checkpoint}",
+        "-p",
+        "device:=cpu",
+        "-p",
+        "max_reprojection_rms_px:=1000000.0",
+        "-p",
+        "min_keypoint_confidence:=-1.0",
+        "-r",
+        "image:=/camera/image_raw",
+        "-r",
+        "camera_info:=/camera/camera_info",
+    )
+    try:
+        replay = start(
+            sys.executable,
+            "-m",
+            "drone_pose.cli",
+            "replay",
+            str(bag),
+            "--wait-for",
+            "/camera/image_raw",
+            "--wait-timeout",
+            "60",
+        )
+        assert spin_until(executor, lambda: replay.poll() is not None, timeout_s=90.0), (
+            "replay did not finish"
+        )
+        out, err = replay.communicate(timeout=10)
+        assert replay.returncode == 0, err[-2000:]
+        assert '"/camera/image_raw": 20' in out
+        spin_until(executor, lambda: len(diagnostics) >= 2 and len(poses) > 0, timeout_s=20.0)
+        spin_until(executor, lambda: False, timeout_s=1.5)
+    finally:
+        tracker.terminate()
+        _, tracker_err = tracker.communicate(timeout=20)
+    last = {kv.key: kv.value for kv in diagnostics[-1].status[0].values} if diagnostics else {}
+    assert poses, f"no pose received; diagnostics {last}; tracker stderr: {tracker_err[-3000:]}"
+    stamps = {p.header.stamp.sec * 1_000_000_000 + p.header.stamp.nanosec for p in poses}
+    assert stamps <= set(image_stamps)
+    assert {p.header.frame_id for p in poses} == {"camera_optical"}
+    assert len(covariances) == len(poses)
+    for message in covariances:
+        covariance = np.array(message.pose.covariance).reshape(6, 6)
+        assert np.isfinite(covariance).all()
+        np.testing.assert_allclose(covariance, covariance.T, rtol=1e-6, atol=1e-12)
+    for pose in poses:
+        q = pose.pose.orientation
+        assert np.linalg.norm([q.x, q.y, q.z, q.w]) == pytest.approx(1.0)
+        assert np.isfinite([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z]).all()
+    tracker_tf = [t for m in transforms for t in m.transforms if t.child_frame_id == "drone"]
+    assert len(tracker_tf) == len(poses)
+    assert {t.header.frame_id for t in tracker_tf} == {"camera_optical"}
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    assert int(values["images_received"]) == 20
+    processed = int(values.get("frames_processed", 0))
+    rejected_inputs = sum(int(values.get(f"rejected_{reason}", 0)) for reason in INPUT_REJECTIONS)
+    assert processed + int(values.get("frames_dropped", 0)) + rejected_inputs == 20, values
+    assert processed >= 15
+    assert int(values["poses_published"]) == len(poses)
+    assert {
+        "input_rate_hz",
+        "processed_rate_hz",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "device",
+        "model",
+    } <= set(values)
+
+
+def test_bad_inputs_are_counted_and_never_kill_the_node(ros_node, flight):
+    """Wrong encodings, truncated data, 0x0 images, size mismatches, NaN and zero intrinsics,
+    missing camera_info and stamps going backwards: each counted under its reason, node alive."""
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import CameraInfo, Image
+
+    node, executor = ros_node
+    _, checkpoint, _ = flight
+    diagnostics, poses = [], []
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
+    node.create_subscription(PoseStamped, "/bad/pose", poses.append, QoSProfile(depth=50))
+    images = node.create_publisher(Image, "/bad/image", QoSProfile(depth=10))
+    infos = node.create_publisher(CameraInfo, "/bad/camera_info", QoSProfile(depth=10))
+    tracker = start(
+        sys.executable,
+        "-m",
+        "drone_pose.ros.tracker_node",
+        "--ros-args",
+        "-p",
+        f"checkpoint:={checkpoint}",
+        "-p",
+        "device:=cpu",
+        "-r",
+        "__ns:=/bad",
+        "-p",
+        "max_reprojection_rms_px:=1000000.0",
+        "-p",
+        "min_keypoint_confidence:=-1.0",
+    )
+
+    def image(sec, width=320, height=240, encoding="rgb8", data=None, step=None):
+        msg = Image(height=height, width=width, encoding=encoding, step=width * 3 if step is None else step)
+        msg.header.stamp, msg.header.frame_id = Time(sec=sec), "camera_optical"
+        msg.data = bytes(width * height * 3) if data is None else data
+        return msg
+
+    def info(sec, k=(252.7, 0, 160, 0, 252.7, 120, 0, 0, 1)):
+        msg = CameraInfo(width=320, height=240, k=[float(v) for v in k])
+        msg.header.stamp, msg.header.frame_id = Time(sec=sec), "camera_optical"
+        return msg
+
+    def send(publisher, message, settle=0.3):
+        publisher.publish(message)
+        spin_until(executor, lambda: False, timeout_s=settle)
+
+    try:
+        assert spin_until(
+            executor,
+            lambda: images.get_subscription_count() > 0 and infos.get_subscription_count() > 0,
+            timeout_s=60.0,
+        ), "tracker did not subscribe"
+        send(images, image(1))  # before any camera_info
+        send(infos, info(2))
+        send(images, image(2, encoding="yuv422"))
+        send(images, image(3, data=bytes(100)))  # truncated
+        send(images, image(4, width=0, height=0, data=b""))
+        send(images, image(5, width=160, height=120))  # size differs from camera_info
+        send(images, image(6), settle=3.0)  # a good frame: processed
+        send(images, image(5))  # stamp going backwards
+        send(infos, info(7, k=(float("nan"),) * 9))
+        send(images, image(7))
+        send(infos, info(8, k=(0,) * 9))
+        send(images, image(8))
+        send(infos, info(9))
+        send(images, image(9), settle=3.0)  # still alive: processed
+        assert spin_until(executor, lambda: len(diagnostics) >= 1, timeout_s=5.0)
+        spin_until(executor, lambda: False, timeout_s=1.2)
+        assert tracker.poll() is None, "the tracker died"
+    finally:
+        tracker.terminate()
+        _, tracker_err = tracker.communicate(timeout=20)
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    expected = {
+        "missing_camera_info": 1,
+        "bad_image": 3,
+        "camera_info_size_mismatch": 1,
+        "stamp_not_increasing": 1,
+        "bad_camera_info": 2,
+    }
+    for reason, count in expected.items():
+        assert int(values.get(f"rejected_{reason}", 0)) == count, (reason, values, tracker_err[-2000:])
+    assert int(values["frames_processed"]) == 2
+    for pose in poses:
+        assert np.isfinite([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z]).all()
