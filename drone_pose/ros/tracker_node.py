@@ -149,7 +149,8 @@ class TrackerNode(Node):
             if parameter.name in ("min_keypoint_confidence", "max_reprojection_rms_px"):
                 value = float(parameter.value)
                 if not math.isfinite(value) or (parameter.name == "max_reprojection_rms_px" and value <= 0):
-                    return SetParametersResult(successful=False, reason=f"{parameter.name}: bad value {value}")
+                    reason = f"{parameter.name}: bad value {value}"
+                    return SetParametersResult(successful=False, reason=reason)
                 updates[parameter.name] = value
             elif parameter.name in ("checkpoint", "device", "input_queue_depth", "output_queue_depth"):
                 return SetParametersResult(
