@@ -213,6 +213,22 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval_bag(args: argparse.Namespace) -> int:
+    from drone_pose.bags.evaluate_bag import evaluate_bag
+
+    summary = evaluate_bag(
+        args.bag,
+        args.checkpoint,
+        args.out,
+        camera=args.camera,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    print(summary.pop("table"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -318,6 +334,21 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--wait-for", help="wait until this topic has a subscriber before playing")
     replay.add_argument("--wait-timeout", type=float, default=30.0)
     replay.set_defaults(run=_cmd_replay)
+
+    bag_eval = commands.add_parser(
+        "eval-bag", help="the estimator over a bag's frames vs its ground truth (offline)"
+    )
+    bag_eval.add_argument(
+        "bag", help="rosbag2 folder with /<camera>/image_raw, camera_info, ground_truth/pose"
+    )
+    bag_eval.add_argument("--checkpoint", required=True)
+    bag_eval.add_argument(
+        "--out", required=True, help="report folder (results, frames.csv, plots, estimates/)"
+    )
+    bag_eval.add_argument("--camera", default="camera", help="camera name in the bag's topics")
+    bag_eval.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bag_eval.add_argument("--batch-size", type=int, default=8)
+    bag_eval.set_defaults(run=_cmd_eval_bag)
 
     evaluation = commands.add_parser("eval", help="a checkpoint's metric table on a dataset split (+ plots)")
     evaluation.add_argument("--checkpoint", required=True)
