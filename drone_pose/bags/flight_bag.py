@@ -17,6 +17,7 @@ noise changes every frame. Everything is deterministic for a seed.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -80,13 +81,7 @@ class _FrameRenderer:
         self.spec = spec
         self.drone = load_drone(spec.drone)
         self.rig, self.flight = plan_flight(spec)
-        self.scene = SceneConfig(
-            background_folder=spec.background_folder,
-            occlusion_p=FLIGHT_SCENE.occlusion_p,
-            motion_blur_p=FLIGHT_SCENE.motion_blur_p,
-            exposure=FLIGHT_SCENE.exposure,
-            white_balance=FLIGHT_SCENE.white_balance,
-        )
+        self.scene = dataclasses.replace(FLIGHT_SCENE, background_folder=spec.background_folder)
         self.appearance = np.random.SeedSequence((spec.seed, _APPEARANCE_STREAM))
         self.backgrounds = [
             render_background(

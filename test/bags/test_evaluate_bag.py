@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from rosbags.rosbag2 import Reader
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
-from drone_pose.checkpoint import make_checkpoint, save_checkpoint
 from drone_pose.cli import main
-from drone_pose.data.drones import load_drone
-from drone_pose.nets.build import build_network
+
+from ..tiny_models import tiny_checkpoint
 
 TINY_NET = {
     "architecture": "hrnet",
@@ -30,9 +28,7 @@ def bag_and_checkpoint(tmp_path_factory):
     write_flight_bag(
         root / "flight", FlightBagSpec(seconds=1.0, rate_hz=10.0, seed=2), workers=1, progress=False
     )
-    torch.manual_seed(0)
-    model = make_checkpoint(build_network(TINY_NET), TINY_NET, load_drone("m2ed"), (320, 240))
-    return root, save_checkpoint(model, root / "tiny.pt")
+    return root, tiny_checkpoint(root / "tiny.pt")
 
 
 def test_eval_bag_scores_every_frame_and_writes_an_estimates_bag(bag_and_checkpoint, capsys):

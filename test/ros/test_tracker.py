@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.qos import QoSProfile
@@ -16,24 +15,13 @@ from rosbags.rosbag2 import Reader
 from tf2_msgs.msg import TFMessage
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
-from drone_pose.checkpoint import make_checkpoint, save_checkpoint
-from drone_pose.data.drones import load_drone
-from drone_pose.nets.build import build_network
 from drone_pose.ros.qos import TF_TOPIC, tf_qos
 from drone_pose.ros.tracker_node import INPUT_REJECTIONS
 
+from ..tiny_models import tiny_checkpoint
 from .conftest import spin_until
 
 pytestmark = pytest.mark.ros
-
-TINY_NET = {
-    "architecture": "hrnet",
-    "heatmaps": 9,
-    "stem_channels": 16,
-    "stem_planes": 8,
-    "stem_blocks": 1,
-    "stages": [{"modules": 1, "blocks": [1, 1], "channels": [16, 32]}],
-}
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +31,7 @@ def flight(tmp_path_factory):
     write_flight_bag(
         bag, FlightBagSpec(drone="m2ed", seconds=2.0, rate_hz=10.0, seed=1), workers=1, progress=False
     )
-    torch.manual_seed(0)  # an untrained but fixed network: the test is about plumbing, not accuracy
-    checkpoint = save_checkpoint(
-        make_checkpoint(build_network(TINY_NET), TINY_NET, load_drone("m2ed"), (320, 240)), root / "tiny.pt"
-    )
+    checkpoint = tiny_checkpoint(root / "tiny.pt")  # untrained but fixed: the test is about plumbing
     with Reader(bag) as reader:
         stamps = sorted(t for c, t, _ in reader.messages() if c.topic == "/camera/image_raw")
     return bag, checkpoint, stamps
@@ -54,6 +39,20 @@ def flight(tmp_path_factory):
 
 def start(*command: str) -> subprocess.Popen:
     return subprocess.Popen([*command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_tracker(checkpoint, *ros_arguments: str) -> subprocess.Popen:
+    """The tracker on CPU, accepting every pose of the untrained test network (no thresholds)."""
+    parameters = [
+        f"checkpoint:={checkpoint}",
+        "device:=cpu",
+        "max_reprojection_rms_px:=1000000.0",
+        "min_keypoint_confidence:=-1.0",
+    ]
+    arguments = [item for p in parameters for item in ("-p", p)]
+    return start(
+        sys.executable, "-m", "drone_pose.ros.tracker_node", "--ros-args", *arguments, *ros_arguments
+    )
 
 
 def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_node, flight):
@@ -66,23 +65,8 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
     )
     node.create_subscription(TFMessage, TF_TOPIC, transforms.append, tf_qos())
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
-    tracker = start(
-        sys.executable,
-        "-m",
-        "drone_pose.ros.tracker_node",
-        "--ros-args",
-        "-p",
-        f"checkpoint:={checkpoint}",
-        "-p",
-        "device:=cpu",
-        "-p",
-        "max_reprojection_rms_px:=1000000.0",
-        "-p",
-        "min_keypoint_confidence:=-1.0",
-        "-r",
-        "image:=/camera/image_raw",
-        "-r",
-        "camera_info:=/camera/camera_info",
+    tracker = start_tracker(
+        checkpoint, "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info"
     )
     try:
         replay = start(
@@ -154,22 +138,7 @@ def test_bad_inputs_are_counted_and_never_kill_the_node(ros_node, flight):
     node.create_subscription(PoseStamped, "/bad/pose", poses.append, QoSProfile(depth=50))
     images = node.create_publisher(Image, "/bad/image", QoSProfile(depth=10))
     infos = node.create_publisher(CameraInfo, "/bad/camera_info", QoSProfile(depth=10))
-    tracker = start(
-        sys.executable,
-        "-m",
-        "drone_pose.ros.tracker_node",
-        "--ros-args",
-        "-p",
-        f"checkpoint:={checkpoint}",
-        "-p",
-        "device:=cpu",
-        "-r",
-        "__ns:=/bad",
-        "-p",
-        "max_reprojection_rms_px:=1000000.0",
-        "-p",
-        "min_keypoint_confidence:=-1.0",
-    )
+    tracker = start_tracker(checkpoint, "-r", "__ns:=/bad")
 
     def image(sec, width=320, height=240, encoding="rgb8", data=None, step=None):
         msg = Image(height=height, width=width, encoding=encoding, step=width * 3 if step is None else step)

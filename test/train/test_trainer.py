@@ -15,14 +15,7 @@ from drone_pose.estimator import PoseEstimator
 from drone_pose.train.config import load_config
 from drone_pose.train.trainer import train
 
-TINY_NET = {
-    "architecture": "hrnet",
-    "heatmaps": 9,
-    "stem_channels": 16,
-    "stem_planes": 8,
-    "stem_blocks": 1,
-    "stages": [{"modules": 1, "blocks": [1, 1], "channels": [16, 32]}],
-}
+from ..tiny_models import TINY_NET
 
 
 @pytest.fixture(scope="module")
