@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.qos import QoSProfile
@@ -194,3 +196,56 @@ def test_bad_inputs_are_counted_and_never_kill_the_node(ros_node, flight):
     assert int(values["frames_processed"]) == 2
     for pose in poses:
         assert np.isfinite([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z]).all()
+
+
+def test_thresholds_change_at_run_time_and_bad_values_are_refused(ros_node, flight):
+    from rclpy.parameter import Parameter
+    from rclpy.parameter_client import AsyncParameterClient
+
+    node, executor = ros_node
+    _, checkpoint, _ = flight
+    params_file = Path(__file__).resolve().parents[2] / "config" / "tracker.yaml"
+    tracker = start_tracker(
+        checkpoint,
+        "-r",
+        "__ns:=/params",
+        "--params-file",
+        str(params_file),
+        "-p",
+        f"checkpoint:={checkpoint}",
+        "-p",
+        "drone_frame:=quadrotor",
+    )
+    try:
+        client = AsyncParameterClient(node, "/params/drone_pose_tracker")
+        assert spin_until(executor, client.services_are_ready, timeout_s=60.0), "no parameter services"
+
+        def set_one(name, value):
+            future = client.set_parameters([Parameter(name, value=value)])
+            assert spin_until(executor, future.done, timeout_s=10.0)
+            return future.result().results[0]
+
+        assert set_one("max_reprojection_rms_px", 3.5).successful
+        assert not set_one("max_reprojection_rms_px", -1.0).successful
+        assert not set_one("checkpoint", "/elsewhere.pt").successful
+        future = client.get_parameters(
+            ["max_reprojection_rms_px", "checkpoint", "drone_frame", "input_queue_depth"]
+        )
+        assert spin_until(executor, future.done, timeout_s=10.0)
+        values = future.result().values
+        assert values[0].double_value == 3.5
+        assert values[1].string_value == str(checkpoint)
+        assert values[2].string_value == "quadrotor"  # command line after the file wins
+        assert values[3].integer_value == 5
+        listed = client.list_parameters()
+        assert spin_until(executor, listed.done, timeout_s=10.0)
+        file_keys = set(yaml.safe_load(params_file.read_text())["/**"]["ros__parameters"])
+        assert file_keys <= set(
+            listed.result().result.names
+        )  # the shipped file sets declared parameters only
+        descriptions = client.describe_parameters(["min_keypoint_confidence"])
+        assert spin_until(executor, descriptions.done, timeout_s=10.0)
+        assert "heatmap peak" in descriptions.result().descriptors[0].description
+    finally:
+        tracker.terminate()
+        tracker.communicate(timeout=20)
