@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
+from visualization_msgs.msg import Marker
 
 from drone_pose.ros.image_conversions import ImageConversionError, image_to_numpy
 from drone_pose.ros.qos import sensor_data_qos
@@ -106,6 +107,9 @@ class TrackerNode(Node):
             PoseWithCovarianceStamped, "pose_with_covariance", output_qos
         )
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.marker_publisher = self.create_publisher(Marker, "marker", output_qos)
+        self._marker = self._mesh_marker()
+        self._tracking = False
         self.tf = TransformBroadcaster(self) if self.get_parameter("publish_tf").value else None
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -244,6 +248,7 @@ class TrackerNode(Node):
         self.counters["frames_processed"] += 1
         if not bool(result.valid[0]):
             self._reject(result.reasons[0] or "invalid")
+            self._lose_track(frame.header)
             return
         R, t, covariance = result.R[0].numpy(), result.t[0].numpy(), result.covariance[0].numpy()
         if not (np.isfinite(R).all() and np.isfinite(t).all() and np.isfinite(covariance).all()):
@@ -261,6 +266,12 @@ class TrackerNode(Node):
         with_covariance.pose.covariance = [float(v) for v in covariance.reshape(-1)]
         self.pose_publisher.publish(pose)
         self.covariance_publisher.publish(with_covariance)
+        if self._marker is not None:
+            self._marker.header = frame.header
+            self._marker.action = Marker.ADD
+            _fill_pose(self._marker.pose, quaternion, t)
+            self.marker_publisher.publish(self._marker)
+            self._tracking = True
         if self.tf is not None:
             self.tf.send(
                 [
@@ -271,6 +282,29 @@ class TrackerNode(Node):
             )
         self.counters["poses_published"] += 1
         self.latencies_ms.append(1e3 * (time.monotonic() - frame.received))
+
+    def _mesh_marker(self) -> Marker | None:
+        """The drone mesh as a TRIANGLE_LIST in the drone frame (posed per frame); None without a model."""
+        from drone_pose.data.drones import DroneModelError, load_drone
+
+        try:
+            drone = load_drone(self.estimator.description.get("drone", {}).get("name", ""))
+        except (DroneModelError, ValueError, AttributeError):
+            self.get_logger().warning("no drone mesh for the checkpoint's drone: marker disabled")
+            return None
+        marker = Marker(ns="drone_pose", id=0, type=Marker.TRIANGLE_LIST)
+        marker.scale.x = marker.scale.y = marker.scale.z = 1.0
+        marker.color.r, marker.color.g, marker.color.b, marker.color.a = 0.1, 0.8, 0.3, 0.8
+        marker.points = [
+            Point(x=float(x), y=float(y), z=float(z)) for x, y, z in drone.vertices[drone.faces.reshape(-1)]
+        ]
+        return marker
+
+    def _lose_track(self, header: Any) -> None:
+        """Delete the marker once when the track is lost (the next valid pose adds it again)."""
+        if self._marker is not None and self._tracking:
+            self.marker_publisher.publish(Marker(header=header, ns="drone_pose", id=0, action=Marker.DELETE))
+            self._tracking = False
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:

@@ -15,8 +15,10 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.qos import QoSProfile
 from rosbags.rosbag2 import Reader
 from tf2_msgs.msg import TFMessage
+from visualization_msgs.msg import Marker
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
+from drone_pose.data.drones import load_drone
 from drone_pose.ros.qos import TF_TOPIC, tf_qos
 from drone_pose.ros.tracker_node import INPUT_REJECTIONS
 
@@ -67,6 +69,8 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
     )
     node.create_subscription(TFMessage, TF_TOPIC, transforms.append, tf_qos())
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
+    markers = []
+    node.create_subscription(Marker, "/marker", markers.append, QoSProfile(depth=50))
     tracker = start_tracker(
         checkpoint, "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info"
     )
@@ -107,6 +111,13 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
         q = pose.pose.orientation
         assert np.linalg.norm([q.x, q.y, q.z, q.w]) == pytest.approx(1.0)
         assert np.isfinite([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z]).all()
+    added = [m for m in markers if m.action == Marker.ADD]
+    assert len(added) == len(poses)
+    assert {(m.ns, m.id, m.type, m.header.frame_id) for m in added} == {
+        ("drone_pose", 0, Marker.TRIANGLE_LIST, "camera_optical")
+    }
+    assert len(added[0].points) == 3 * len(load_drone("m2ed").faces)
+    assert [m.pose.position.z for m in added] == [p.pose.position.z for p in poses]
     tracker_tf = [t for m in transforms for t in m.transforms if t.child_frame_id == "drone"]
     assert len(tracker_tf) == len(poses)
     assert {t.header.frame_id for t in tracker_tf} == {"camera_optical"}
@@ -138,6 +149,8 @@ def test_bad_inputs_are_counted_and_never_kill_the_node(ros_node, flight):
     diagnostics, poses = [], []
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
     node.create_subscription(PoseStamped, "/bad/pose", poses.append, QoSProfile(depth=50))
+    markers = []
+    node.create_subscription(Marker, "/bad/marker", markers.append, QoSProfile(depth=50))
     images = node.create_publisher(Image, "/bad/image", QoSProfile(depth=10))
     infos = node.create_publisher(CameraInfo, "/bad/camera_info", QoSProfile(depth=10))
     tracker = start_tracker(checkpoint, "-r", "__ns:=/bad")
@@ -177,6 +190,16 @@ def test_bad_inputs_are_counted_and_never_kill_the_node(ros_node, flight):
         send(images, image(8))
         send(infos, info(9))
         send(images, image(9), settle=3.0)  # still alive: processed
+        # the track is lost when a frame fails the (now strict) reprojection threshold: marker deleted
+        from rclpy.parameter import Parameter
+        from rclpy.parameter_client import AsyncParameterClient
+
+        client = AsyncParameterClient(node, "/bad/drone_pose_tracker")
+        assert spin_until(executor, client.services_are_ready, timeout_s=30.0)
+        future = client.set_parameters([Parameter("max_reprojection_rms_px", value=1e-9)])
+        assert spin_until(executor, future.done, timeout_s=10.0)
+        assert future.result().results[0].successful
+        send(images, image(10), settle=3.0)
         assert spin_until(executor, lambda: len(diagnostics) >= 1, timeout_s=5.0)
         spin_until(executor, lambda: False, timeout_s=1.2)
         assert tracker.poll() is None, "the tracker died"
@@ -193,7 +216,10 @@ def test_bad_inputs_are_counted_and_never_kill_the_node(ros_node, flight):
     }
     for reason, count in expected.items():
         assert int(values.get(f"rejected_{reason}", 0)) == count, (reason, values, tracker_err[-2000:])
-    assert int(values["frames_processed"]) == 2
+    assert int(values["frames_processed"]) == 3
+    assert int(values["rejected_high_reprojection_error"]) == 1
+    assert [m.action for m in markers][-1] == Marker.DELETE
+    assert [m.action for m in markers].count(Marker.ADD) == len(poses)
     for pose in poses:
         assert np.isfinite([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z]).all()
 
