@@ -17,8 +17,8 @@ from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import DroneModel
 from drone_pose.data.uava import UAVADataset
 from drone_pose.estimator import PoseEstimator
-from drone_pose.geometry.camera import project_points
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
+from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
 
 
@@ -105,39 +105,13 @@ def evaluate_checkpoint(
         summary["files"] = write_report(out, label, metrics, samples, keypoint_errors, drone.keypoint_names)
         for i, item in enumerate(kept_images):
             path = Path(out) / f"overlay_{i:02d}.png"
-            cv2.imwrite(str(path), cv2.cvtColor(draw_overlay(*item, x3d, drone), cv2.COLOR_RGB2BGR))
+            image, keypoints, truth, R, t, K = item
+            overlay = draw_pose_overlay(
+                image, drone, R.numpy(), t.numpy(), K.numpy(), keypoints.numpy(), truth=truth.numpy(), scale=2
+            )
+            cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
             summary["files"][f"overlay_{i:02d}"] = str(path)
     return summary
-
-
-def draw_overlay(
-    image: np.ndarray,
-    keypoints: torch.Tensor,
-    truth: torch.Tensor,
-    R: torch.Tensor,
-    t: torch.Tensor,
-    K: torch.Tensor,
-    x3d: torch.Tensor,
-    drone: DroneModel,
-) -> np.ndarray:
-    """RGB image with the projected model edges (estimated pose, green), the predicted keypoints
-    (red) and the true ones (blue), upscaled 2x for legibility."""
-    scale = 2
-    canvas = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    vertices = torch.tensor(drone.vertices, dtype=torch.float64)
-    projected, depth = project_points(vertices, R[None], t[None], K)
-    if bool((depth > 0).all()):
-        uv = ((projected[0].numpy() + 0.5) * scale - 0.5).round().astype(np.int32)
-        edges = {
-            tuple(sorted(e)) for face in drone.faces[::2] for e in ((face[0], face[1]), (face[1], face[2]))
-        }
-        for a, b in edges:
-            cv2.line(canvas, tuple(map(int, uv[a])), tuple(map(int, uv[b])), (0, 200, 0), 1, cv2.LINE_AA)
-    for points, colour in ((truth, (40, 80, 255)), (keypoints, (255, 40, 40))):
-        for u, v in (points.numpy() + 0.5) * scale - 0.5:
-            if np.isfinite(u) and np.isfinite(v):
-                cv2.circle(canvas, (round(float(u)), round(float(v))), 3, colour, -1, cv2.LINE_AA)
-    return canvas
 
 
 def _inside(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:

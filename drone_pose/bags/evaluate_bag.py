@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -23,8 +22,8 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from drone_pose.bags import messages
 from drone_pose.data.drones import load_drone
 from drone_pose.estimator import PoseEstimator
-from drone_pose.evaluate import draw_overlay
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
+from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
 
 POSE_COVARIANCE = "geometry_msgs/msg/PoseWithCovarianceStamped"
@@ -216,18 +215,13 @@ def _write_estimates(
         for index, (frame, result) in enumerate(zip(frames, results, strict=True)):
             stamp, frame_id = frame["stamp"], frame["frame_id"]
             if index % overlay_every == 0:
-                overlay = draw_overlay(
+                overlay = draw_pose_overlay(
                     frame["rgb"],
-                    result["keypoints"],
-                    torch.full_like(result["keypoints"], np.nan),
-                    result["R"].double(),
-                    result["t"].double(),
-                    torch.tensor(frame["K"]),
-                    x3d,
                     drone,
-                )
-                overlay = cv2.resize(
-                    overlay, (frame["rgb"].shape[1], frame["rgb"].shape[0]), interpolation=cv2.INTER_AREA
+                    result["R"].double().numpy(),
+                    result["t"].double().numpy(),
+                    frame["K"],
+                    result["keypoints"].numpy(),
                 )
                 writer.write(
                     overlay_c, stamp, messages.serialize(messages.image_rgb8(overlay, stamp, frame_id))

@@ -28,7 +28,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import Marker
 
-from drone_pose.ros.image_conversions import ImageConversionError, image_to_numpy
+from drone_pose.ros.image_conversions import ImageConversionError, image_to_numpy, numpy_to_image
 from drone_pose.ros.qos import sensor_data_qos
 from drone_pose.ros.tf import TransformBroadcaster, transform_stamped
 
@@ -108,6 +108,7 @@ class TrackerNode(Node):
         )
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.marker_publisher = self.create_publisher(Marker, "marker", output_qos)
+        self.overlay_publisher = self.create_publisher(Image, "overlay", sensor_data_qos(depth))
         self._marker = self._mesh_marker()
         self._tracking = False
         self.tf = TransformBroadcaster(self) if self.get_parameter("publish_tf").value else None
@@ -246,6 +247,8 @@ class TrackerNode(Node):
     def _process(self, frame: Frame) -> None:
         result = self.estimator.estimate(frame.rgb, frame.K)
         self.counters["frames_processed"] += 1
+        if self.overlay_publisher.get_subscription_count() > 0:  # drawn only while someone watches
+            self._publish_overlay(frame, result)
         if not bool(result.valid[0]):
             self._reject(result.reasons[0] or "invalid")
             self._lose_track(frame.header)
@@ -290,8 +293,10 @@ class TrackerNode(Node):
         try:
             drone = load_drone(self.estimator.description.get("drone", {}).get("name", ""))
         except (DroneModelError, ValueError, AttributeError):
-            self.get_logger().warning("no drone mesh for the checkpoint's drone: marker disabled")
+            self.get_logger().warning("no drone mesh for the checkpoint's drone: marker and overlay disabled")
+            self._drone = None
             return None
+        self._drone = drone
         marker = Marker(ns="drone_pose", id=0, type=Marker.TRIANGLE_LIST)
         marker.scale.x = marker.scale.y = marker.scale.z = 1.0
         marker.color.r, marker.color.g, marker.color.b, marker.color.a = 0.1, 0.8, 0.3, 0.8
@@ -299,6 +304,27 @@ class TrackerNode(Node):
             Point(x=float(x), y=float(y), z=float(z)) for x, y, z in drone.vertices[drone.faces.reshape(-1)]
         ]
         return marker
+
+    def _publish_overlay(self, frame: Frame, result: Any) -> None:
+        from drone_pose.overlay import draw_pose_overlay
+
+        drone = self._drone
+        if drone is None:
+            return
+        valid = bool(result.valid[0])
+        R = result.R[0].numpy() if valid else np.full((3, 3), np.nan)  # no model drawn for rejected frames
+        overlay = draw_pose_overlay(
+            frame.rgb,
+            drone,
+            R,
+            result.t[0].numpy(),
+            frame.K,
+            result.keypoints[0].numpy(),
+            confidences=result.confidences[0].numpy(),
+        )
+        self.overlay_publisher.publish(
+            numpy_to_image(overlay, "rgb8", frame.header.stamp, frame.header.frame_id)
+        )
 
     def _lose_track(self, header: Any) -> None:
         """Delete the marker once when the track is lost (the next valid pose adds it again)."""

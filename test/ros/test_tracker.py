@@ -14,12 +14,13 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from rclpy.qos import QoSProfile
 from rosbags.rosbag2 import Reader
+from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
 from drone_pose.data.drones import load_drone
-from drone_pose.ros.qos import TF_TOPIC, tf_qos
+from drone_pose.ros.qos import TF_TOPIC, sensor_data_qos, tf_qos
 from drone_pose.ros.tracker_node import INPUT_REJECTIONS
 
 from ..tiny_models import tiny_checkpoint
@@ -69,8 +70,9 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
     )
     node.create_subscription(TFMessage, TF_TOPIC, transforms.append, tf_qos())
     node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
-    markers = []
+    markers, overlays = [], []
     node.create_subscription(Marker, "/marker", markers.append, QoSProfile(depth=50))
+    node.create_subscription(Image, "/overlay", overlays.append, sensor_data_qos(20))
     tracker = start_tracker(
         checkpoint, "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info"
     )
@@ -111,6 +113,13 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
         q = pose.pose.orientation
         assert np.linalg.norm([q.x, q.y, q.z, q.w]) == pytest.approx(1.0)
         assert np.isfinite([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z]).all()
+    assert overlays, "no overlay while subscribed"
+    assert {(o.encoding, o.width, o.height, o.header.frame_id) for o in overlays} == {
+        ("rgb8", 320, 240, "camera_optical")
+    }
+    assert {o.header.stamp.sec * 1_000_000_000 + o.header.stamp.nanosec for o in overlays} <= set(
+        image_stamps
+    )
     added = [m for m in markers if m.action == Marker.ADD]
     assert len(added) == len(poses)
     assert {(m.ns, m.id, m.type, m.header.frame_id) for m in added} == {
