@@ -208,6 +208,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         clock=args.clock,
         wait_for=args.wait_for,
         wait_timeout_s=args.wait_timeout,
+        delay_s=args.delay,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -333,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--clock", action="store_true", help="publish /clock from the bag time")
     replay.add_argument("--wait-for", help="wait until this topic has a subscriber before playing")
     replay.add_argument("--wait-timeout", type=float, default=30.0)
+    replay.add_argument(
+        "--delay", type=float, default=0.5, help="seconds between discovery and the first message"
+    )
     replay.set_defaults(run=_cmd_replay)
 
     bag_eval = commands.add_parser(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
@@ -58,9 +59,15 @@ def replay_bag(
     clock: bool = False,
     wait_for: str | None = None,
     wait_timeout_s: float = 30.0,
+    delay_s: float = 0.5,
     node_name: str = "drone_pose_replay",
 ) -> dict[str, Any]:
-    """Publish the bag; returns counts per topic and the messages skipped as corrupt."""
+    """Publish the bag; returns counts per topic and the messages skipped as corrupt.
+
+    delay_s: pause between creating the publishers (and finding the awaited subscriber) and the
+    first message, like `ros2 bag play --delay`: a best-effort subscriber drops samples from a
+    publisher it has not discovered yet, even when the publisher has already discovered it.
+    """
     if not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")
     path = Path(path)
@@ -84,13 +91,15 @@ def replay_bag(
                     [p for c, p in publishers.items() if _topic(connections, c) == wait_for],
                     wait_timeout_s,
                 )
+            time.sleep(delay_s)  # both ends of every new connection discover each other before data flows
             while True:
                 _play_once(
                     reader, connections, classes, publishers, clock_publisher, rate, published, corrupt, node
                 )
                 if not loop or not rclpy.ok():
                     break
-            time.sleep(0.2)  # let the middleware flush the last reliable messages
+            for publisher in publishers.values():  # reliable topics: every subscriber has everything
+                publisher.wait_for_all_acked(Duration(seconds=2))
     finally:
         node.destroy_node()
         rclpy.try_shutdown()

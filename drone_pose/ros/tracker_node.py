@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -25,7 +27,7 @@ from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParam
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker
 
 from drone_pose.ros.image_conversions import ImageConversionError, image_to_numpy, numpy_to_image
@@ -95,12 +97,21 @@ class TrackerNode(Node):
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._infos: deque[tuple[int, CameraInfo]] = deque(maxlen=CAMERA_INFO_HISTORY)
         self._slot: Frame | None = None
+        self._pending: tuple[np.ndarray, Any, float] | None = None  # image waiting for its CameraInfo
         self._slot_lock = threading.Condition()
         self._last_stamp = -1
         self._running = True
         depth = int(self.get_parameter("input_queue_depth").value)
         output_qos = QoSProfile(depth=int(self.get_parameter("output_queue_depth").value))
-        self.create_subscription(Image, "image", self._on_image, sensor_data_qos(depth))
+        transport = self.get_parameter("image_transport").value
+        if transport == "compressed":  # image_transport's topic naming: <image>/compressed
+            self.create_subscription(
+                CompressedImage, "image/compressed", self._on_compressed, sensor_data_qos(depth)
+            )
+        elif transport == "raw":
+            self.create_subscription(Image, "image", self._on_image, sensor_data_qos(depth))
+        else:
+            raise ValueError(f"image_transport must be raw or compressed, got {transport!r}")
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_data_qos(depth))
         self.pose_publisher = self.create_publisher(PoseStamped, "pose", output_qos)
         self.covariance_publisher = self.create_publisher(
@@ -114,6 +125,8 @@ class TrackerNode(Node):
         self.tf = TransformBroadcaster(self) if self.get_parameter("publish_tf").value else None
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
+        wait = float(self.get_parameter("camera_info_wait_s").value)
+        self.create_timer(max(wait / 2, 0.01), lambda: self._flush_pending(wait))
         self._rates_since = time.monotonic()
         self._window_base = (0, 0)
         self._worker = threading.Thread(target=self._work, name="drone_pose_estimator", daemon=True)
@@ -147,6 +160,12 @@ class TrackerNode(Node):
             "input_queue_depth", 5, describe("QoS depth of the image and camera_info inputs")
         )
         self.declare_parameter("output_queue_depth", 10, describe("QoS depth of the pose outputs"))
+        self.declare_parameter(
+            "camera_info_wait_s",
+            0.1,
+            describe("how long an image waits for the CameraInfo of its stamp", 0.0, 10.0),
+        )
+        self.declare_parameter("image_transport", "raw", describe("raw (sensor_msgs/Image) or compressed"))
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         updates = {}
@@ -157,7 +176,14 @@ class TrackerNode(Node):
                     reason = f"{parameter.name}: bad value {value}"
                     return SetParametersResult(successful=False, reason=reason)
                 updates[parameter.name] = value
-            elif parameter.name in ("checkpoint", "device", "input_queue_depth", "output_queue_depth"):
+            elif parameter.name in (
+                "camera_info_wait_s",
+                "checkpoint",
+                "device",
+                "image_transport",
+                "input_queue_depth",
+                "output_queue_depth",
+            ):
                 return SetParametersResult(
                     successful=False, reason=f"{parameter.name} is read-only at run time"
                 )
@@ -187,25 +213,61 @@ class TrackerNode(Node):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.counters["camera_info_received"] += 1
-        self._infos.append((stamp_ns(msg.header), msg))
-
-    def _on_image(self, msg: Image) -> None:
-        received = time.monotonic()
-        self.counters["images_received"] += 1
         stamp = stamp_ns(msg.header)
-        if stamp <= self._last_stamp:
-            self._reject("stamp_not_increasing")
-            return
-        info = self._camera_info_for(stamp)
-        if info is None:
-            self._reject("missing_camera_info")
-            return
-        try:
-            rgb = rgb_of(msg)
-            K = intrinsics_of(info)
-        except ImageConversionError:
+        self._infos.append((stamp, msg))
+        pending = self._pending
+        if pending is not None and stamp_ns(pending[1]) == stamp:  # the image came first
+            self._pending = None
+            self._pair(*pending, msg)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        encoded = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
+        if decoded is None:
+            self.counters["images_received"] += 1
             self._reject("bad_image")
             return
+        self._on_pixels(np.ascontiguousarray(decoded[..., ::-1]), msg.header)
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            rgb = rgb_of(msg)
+        except ImageConversionError:
+            self.counters["images_received"] += 1
+            self._reject("bad_image")
+            return
+        self._on_pixels(rgb, msg.header)
+
+    def _on_pixels(self, rgb: np.ndarray, header: Any) -> None:
+        received = time.monotonic()
+        self.counters["images_received"] += 1
+        stamp = stamp_ns(header)
+        if stamp <= self._last_stamp or (self._pending is not None and stamp <= stamp_ns(self._pending[1])):
+            self._reject("stamp_not_increasing")
+            return
+        exact = next((info for info_stamp, info in reversed(self._infos) if info_stamp == stamp), None)
+        if exact is not None:
+            self._pair(rgb, header, received, exact)
+            return
+        # Wait briefly for the CameraInfo of this stamp (topics arrive in any order); a newer image or
+        # the timeout falls back to the newest CameraInfo (a static camera that publishes it rarely).
+        self._flush_pending()
+        self._pending = (rgb, header, received)
+
+    def _flush_pending(self, max_age_s: float = 0.0) -> None:
+        pending = self._pending
+        if pending is None or time.monotonic() - pending[2] < max_age_s:
+            return
+        self._pending = None
+        if not self._infos:
+            self._reject("missing_camera_info")
+            return
+        self._pair(*pending, self._infos[-1][1])
+
+    def _pair(self, rgb: np.ndarray, header: Any, received: float, info: CameraInfo) -> None:
+        """Validate an image with its CameraInfo and park it in the mailbox for the worker."""
+        try:
+            K = intrinsics_of(info)
         except ValueError:
             self._reject("bad_camera_info")
             return
@@ -215,19 +277,12 @@ class TrackerNode(Node):
         if min(rgb.shape[:2]) < 8:
             self._reject("image_too_small")
             return
-        self._last_stamp = stamp
+        self._last_stamp = stamp_ns(header)
         with self._slot_lock:
             if self._slot is not None:
                 self.counters["frames_dropped"] += 1
-            self._slot = Frame(np.ascontiguousarray(rgb), K, msg.header, received)
+            self._slot = Frame(np.ascontiguousarray(rgb), K, header, received)
             self._slot_lock.notify()
-
-    def _camera_info_for(self, stamp: int) -> CameraInfo | None:
-        """The CameraInfo with the image's stamp, else the newest one received (a static camera)."""
-        for info_stamp, info in reversed(self._infos):
-            if info_stamp == stamp:
-                return info
-        return self._infos[-1][1] if self._infos else None
 
     # -- estimation (worker thread) -----------------------------------------------------------
     def _work(self) -> None:
@@ -394,6 +449,9 @@ def main(args: list[str] | None = None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except (ValueError, OSError) as error:  # bad parameters or checkpoint: say so, exit non-zero
+        print(f"tracker_node: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         if node is not None:
             node.destroy_node()

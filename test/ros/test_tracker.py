@@ -185,7 +185,8 @@ def test_bad_inputs_are_counted_and_never_kill_the_node(ros_node, flight):
             lambda: images.get_subscription_count() > 0 and infos.get_subscription_count() > 0,
             timeout_s=60.0,
         ), "tracker did not subscribe"
-        send(images, image(1))  # before any camera_info
+        spin_until(executor, lambda: False, timeout_s=1.0)  # discovery settles on the tracker's side too
+        send(images, image(1), settle=1.5)  # no camera_info at all within camera_info_wait_s
         send(infos, info(2))
         send(images, image(2, encoding="yuv422"))
         send(images, image(3, data=bytes(100)))  # truncated
@@ -224,7 +225,7 @@ def test_bad_inputs_are_counted_and_never_kill_the_node(ros_node, flight):
         "bad_camera_info": 2,
     }
     for reason, count in expected.items():
-        assert int(values.get(f"rejected_{reason}", 0)) == count, (reason, values, tracker_err[-2000:])
+        assert int(values.get(f"rejected_{reason}", 0)) == count, f"{reason}: {values} {tracker_err[-2000:]}"
     assert int(values["frames_processed"]) == 3
     assert int(values["rejected_high_reprojection_error"]) == 1
     assert [m.action for m in markers][-1] == Marker.DELETE
@@ -284,3 +285,40 @@ def test_thresholds_change_at_run_time_and_bad_values_are_refused(ros_node, flig
     finally:
         tracker.terminate()
         tracker.communicate(timeout=20)
+
+
+def test_compressed_transport(ros_node, flight):
+    """image_transport: compressed reads <image>/compressed JPEGs; an undecodable one is counted."""
+    import cv2
+    from builtin_interfaces.msg import Time
+    from sensor_msgs.msg import CameraInfo, CompressedImage
+
+    node, executor = ros_node
+    _, checkpoint, _ = flight
+    diagnostics = []
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
+    images = node.create_publisher(CompressedImage, "/jpeg/image/compressed", QoSProfile(depth=10))
+    infos = node.create_publisher(CameraInfo, "/jpeg/camera_info", QoSProfile(depth=10))
+    tracker = start_tracker(checkpoint, "-r", "__ns:=/jpeg", "-p", "image_transport:=compressed")
+    try:
+        ready = lambda: images.get_subscription_count() > 0 and infos.get_subscription_count() > 0  # noqa: E731
+        assert spin_until(executor, ready, timeout_s=60.0)
+        ok, jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 128, np.uint8))
+        assert ok
+        for sec, data in ((1, jpeg.tobytes()), (2, b"not a jpeg")):
+            info = CameraInfo(width=320, height=240, k=[252.7, 0.0, 160.0, 0.0, 252.7, 120.0, 0.0, 0.0, 1.0])
+            info.header.stamp, info.header.frame_id = Time(sec=sec), "camera_optical"
+            infos.publish(info)  # as camera drivers do: one CameraInfo per image, same stamp
+            spin_until(executor, lambda: False, timeout_s=0.3)
+            message = CompressedImage(format="jpeg", data=data)
+            message.header.stamp, message.header.frame_id = Time(sec=sec), "camera_optical"
+            images.publish(message)
+            spin_until(executor, lambda: False, timeout_s=2.0)
+        diagnostics.clear()
+        assert spin_until(executor, lambda: len(diagnostics) >= 1, timeout_s=5.0)
+    finally:
+        tracker.terminate()
+        tracker.communicate(timeout=20)
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    assert int(values.get("frames_processed", 0)) == 1, str(values)
+    assert int(values.get("rejected_bad_image", 0)) == 1, values
