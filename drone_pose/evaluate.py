@@ -17,6 +17,7 @@ from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import DroneModel
 from drone_pose.data.uava import UAVADataset
 from drone_pose.estimator import PoseEstimator
+from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
 from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
@@ -62,7 +63,7 @@ def evaluate_checkpoint(
         K_all.append(K)
         error = (result.keypoints - batch["keypoints"].double()).norm(dim=-1)
         width, height = images.shape[2], images.shape[1]
-        inside = _inside(batch["keypoints"], width, height)
+        inside = keypoints_in_image(batch["keypoints"], width, height)
         kp_err.append(torch.where(inside, error, torch.full_like(error, float("nan"))))
         if len(kept_images) < overlays:
             for i in range(min(overlays - len(kept_images), len(images))):
@@ -112,11 +113,6 @@ def evaluate_checkpoint(
             cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
             summary["files"][f"overlay_{i:02d}"] = str(path)
     return summary
-
-
-def _inside(keypoints: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    x, y = keypoints[..., 0], keypoints[..., 1]
-    return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
 
 
 def _drone_of(estimator: PoseEstimator) -> DroneModel:

@@ -110,6 +110,13 @@ def project_points(x3d: Tensor, R: Tensor, t: Tensor, K: Tensor) -> tuple[Tensor
     return project(x_cam, K), x_cam[..., 2]
 
 
+def keypoints_in_image(uv: Tensor, width: int, height: int) -> Tensor:
+    """[...] bool: pixels uv [..., 2] that fall on the image (pixel centres at integers, so the image
+    covers [-0.5, width - 0.5) x [-0.5, height - 0.5))."""
+    x, y = uv[..., 0], uv[..., 1]
+    return (x >= -0.5) & (x < width - 0.5) & (y >= -0.5) & (y < height - 0.5)
+
+
 def backproject(uv: Tensor, depth: Tensor, K: Tensor) -> Tensor:
     """Camera-frame points [B,N,3] of pixels uv [B,N,2] at depths z [B,N] (metres)."""
     K = K if K.ndim == 3 else K.unsqueeze(0)

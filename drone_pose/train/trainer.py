@@ -39,6 +39,7 @@ from drone_pose.data.augment import AugmentConfig
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import DroneModel, load_drone
 from drone_pose.data.uava import UAVADataset
+from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import evaluate_poses
 from drone_pose.nets.build import build_network, count_parameters
 from drone_pose.nets.inference import HeatmapPredictor
@@ -263,7 +264,9 @@ def _train_epoch(
     for batch in bar:
         images = batch["image"].to(run.device, non_blocking=True)
         keypoints = batch["keypoints"].to(run.device)
-        visibility = in_image(keypoints, images.shape[-1], images.shape[-2])
+        # every in-image keypoint is supervised, self-occluded ones included (as in UAVA): PnP needs
+        # them all, e.g. the centroid, which the body always hides
+        visibility = keypoints_in_image(keypoints, images.shape[-1], images.shape[-2])
         K = batch["K"].to(run.device)
         t0 = time.perf_counter()
         with torch.autocast(run.device.type, enabled=_amp(run)):
@@ -331,13 +334,6 @@ def _loss(
     return total, parts
 
 
-def in_image(keypoints: Tensor, width: int, height: int) -> Tensor:
-    """[B,K] keypoints inside the image. These are supervised, self-occluded ones included (as in
-    UAVA): PnP needs every keypoint, e.g. the centroid, which the body always hides."""
-    x, y = keypoints[..., 0], keypoints[..., 1]
-    return (x >= -0.5) & (x <= width - 0.5) & (y >= -0.5) & (y <= height - 0.5)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -387,7 +383,7 @@ def evaluate(
         images = batch["image"].to(device)
         heatmaps = predictor(images)
         x2d = keypoints_from_heatmaps(heatmaps, images.shape[-1] / heatmaps.shape[-1]).cpu().double()
-        visible = in_image(batch["keypoints"], images.shape[-1], images.shape[-2])
+        visible = keypoints_in_image(batch["keypoints"], images.shape[-1], images.shape[-2])
         distance = (x2d - batch["keypoints"].double()).norm(dim=-1)
         errors.append(distance[visible])
         result = solve_pnp(x2d, x3d, batch["K"].double())
