@@ -23,6 +23,7 @@ from drone_pose.bags import messages
 from drone_pose.data.drones import load_drone
 from drone_pose.estimator import PoseEstimator
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
+from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
 from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
 
@@ -81,15 +82,13 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
             continue
         pose = truths[stamp].pose
         q = torch.tensor([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w])
-        import roma
-
         frames.append(
             {
                 "stamp": stamp,
                 "frame_id": images[stamp].header.frame_id,
                 "rgb": rgb,
                 "K": np.asarray(infos[stamp].k, dtype=np.float64).reshape(3, 3),
-                "R": roma.unitquat_to_rotmat(q.double()).numpy(),
+                "R": quaternion_xyzw_to_matrix(q.double()).numpy(),
                 "t": np.array([pose.position.x, pose.position.y, pose.position.z]),
             }
         )

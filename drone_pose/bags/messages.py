@@ -1,7 +1,7 @@
 """ROS 2 messages as `rosbags` objects (no rclpy): builders, CDR serialisation and bag QoS.
 
 Poses are camera optical/parent <- child: R [3,3], t [3] metres. Quaternions are (x, y, z, w),
-the ROS order, from roma. Stamps are integer nanoseconds since the epoch.
+the ROS order (w >= 0). Stamps are integer nanoseconds since the epoch.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import roma
 import torch
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.typesys import Stores, get_typestore
+
+from drone_pose.geometry.rotations import matrix_to_quaternion_xyzw
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 T = TYPESTORE.types
@@ -88,7 +89,7 @@ def camera_info(K: np.ndarray, width: int, height: int, stamp: int, frame_id: st
 
 def quaternion_xyzw(R: np.ndarray) -> np.ndarray:
     """Unit quaternions [...,4] (x, y, z, w) of rotation matrices [...,3,3]."""
-    return roma.rotmat_to_unitquat(torch.as_tensor(np.asarray(R, np.float64))).numpy()
+    return matrix_to_quaternion_xyzw(torch.as_tensor(np.asarray(R, np.float64))).numpy()
 
 
 def pose_stamped(R: np.ndarray, t: np.ndarray, stamp: int, frame_id: str) -> Any:

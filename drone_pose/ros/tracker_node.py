@@ -21,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
@@ -30,6 +31,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker
 
+from drone_pose.geometry.rotations import matrix_to_quaternion_xyzw
 from drone_pose.ros.image_conversions import ImageConversionError, image_to_numpy, numpy_to_image
 from drone_pose.ros.qos import sensor_data_qos
 from drone_pose.ros.tf import TransformBroadcaster, transform_stamped
@@ -312,7 +314,7 @@ class TrackerNode(Node):
         if not (np.isfinite(R).all() and np.isfinite(t).all() and np.isfinite(covariance).all()):
             self._reject("non_finite_pose")
             return
-        quaternion = _quaternion_xyzw(R)
+        quaternion = matrix_to_quaternion_xyzw(torch.from_numpy(np.ascontiguousarray(R, np.float64))).numpy()
         pose = PoseStamped()
         pose.header = frame.header
         _fill_pose(pose.pose, quaternion, t)
@@ -422,13 +424,6 @@ class TrackerNode(Node):
             self._slot_lock.notify_all()
         self._worker.join(timeout=5.0)
         super().destroy_node()
-
-
-def _quaternion_xyzw(R: np.ndarray) -> np.ndarray:
-    import roma
-    import torch
-
-    return roma.rotmat_to_unitquat(torch.from_numpy(np.ascontiguousarray(R, dtype=np.float64))).numpy()
 
 
 def _fill_pose(pose: Any, quaternion: np.ndarray, t: np.ndarray) -> None:

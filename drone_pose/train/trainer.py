@@ -41,7 +41,7 @@ from drone_pose.data.drones import DroneModel, load_drone
 from drone_pose.data.uava import UAVADataset
 from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import evaluate_poses
-from drone_pose.nets.build import build_network, count_parameters
+from drone_pose.nets.build import build_network, count_parameters, network_config
 from drone_pose.nets.inference import HeatmapPredictor
 from drone_pose.pnp import solve_pnp
 from drone_pose.train.config import TrainConfig, config_to_dict
@@ -149,8 +149,6 @@ def prepare(config: TrainConfig) -> TrainingRun:
 
 
 def network_heatmaps(config: TrainConfig) -> int:
-    from drone_pose.nets.build import network_config
-
     return int(network_config(config.network).get("heatmaps", 9))
 
 
