@@ -303,6 +303,7 @@ def test_compressed_transport(ros_node, flight):
     try:
         ready = lambda: images.get_subscription_count() > 0 and infos.get_subscription_count() > 0  # noqa: E731
         assert spin_until(executor, ready, timeout_s=60.0)
+        spin_until(executor, lambda: False, timeout_s=1.0)  # discovery settles on the tracker's side too
         ok, jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 128, np.uint8))
         assert ok
         for sec, data in ((1, jpeg.tobytes()), (2, b"not a jpeg")):
