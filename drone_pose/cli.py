@@ -230,6 +230,17 @@ def _cmd_eval_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from drone_pose.ros.launch_plan import LaunchArgumentError
+    from drone_pose.ros.launcher import main_launch
+
+    try:
+        return main_launch(args.launch, args.arguments, dry_run=args.dry_run, duration_s=args.duration)
+    except LaunchArgumentError as error:
+        print(f"drone-pose launch: {error}", file=sys.stderr)
+        return 2
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
@@ -353,6 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     bag_eval.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     bag_eval.add_argument("--batch-size", type=int, default=8)
     bag_eval.set_defaults(run=_cmd_eval_bag)
+
+    launch = commands.add_parser(
+        "launch",
+        help="start a launch's nodes like `ros2 launch drone_pose NAME.launch.py` (no ros2 CLI needed)",
+    )
+    launch.add_argument("launch", choices=["tracker", "multi_camera"])
+    launch.add_argument("arguments", nargs="*", help="launch arguments name:=value (e.g. checkpoint:=m.pt)")
+    launch.add_argument("--dry-run", action="store_true", help="print the environment and commands only")
+    launch.add_argument("--duration", type=float, help="stop the nodes after this many seconds")
+    launch.set_defaults(run=_cmd_launch)
 
     evaluation = commands.add_parser("eval", help="a checkpoint's metric table on a dataset split (+ plots)")
     evaluation.add_argument("--checkpoint", required=True)

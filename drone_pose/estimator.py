@@ -182,6 +182,16 @@ class PoseEstimator:
             keypoints, confidences, result.R, result.t, result.covariance, rms, valid, reasons, timings
         )
 
+    def to(self, device: str | torch.device) -> PoseEstimator:
+        """Move the network to `device` (e.g. "cpu" to free GPU memory while a node is inactive)."""
+        previous = self.device
+        self.device = torch.device(device)
+        self.use_cuda = self.device.type == "cuda"
+        self.predictor = self.predictor.to(self.device)
+        if previous.type == "cuda" and not self.use_cuda:
+            torch.cuda.empty_cache()
+        return self
+
     def _clock(self) -> float:
         if self.use_cuda:
             torch.cuda.synchronize(self.device)

@@ -8,6 +8,11 @@ image of the drone at the returned pose with the returned K, which the PnP losse
 
 Photometric augmentation (brightness, contrast, saturation, per-channel gain, gamma, blur, noise)
 leaves the geometry untouched.
+
+An optional training crop (a fixed-size window placed at random around the drone) shifts the
+principal point by the window's corner. A fully convolutional network trained on such crops runs
+unchanged on full frames, and a crop of a quarter of the image makes a training step four times
+cheaper.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class AugmentConfig:
     blur_probability: float = 0.2
     blur_sigma: tuple[float, float] = (0.3, 1.2)
     noise_sigma: tuple[float, float] = (0.0, 0.03)
+    crop: tuple[int, int] | None = None  # (width, height) of the training window, pixels
+    crop_margin_px: int = 4
 
     def __post_init__(self) -> None:
         for name in ("scale", "contrast", "saturation", "gamma", "blur_sigma", "noise_sigma"):
@@ -46,6 +53,8 @@ class AugmentConfig:
             raise ValueError("augment.scale and augment.gamma must be positive")
         if self.rotation_deg < 0 or self.shift_fraction < 0 or self.max_tries < 1:
             raise ValueError("augment.rotation_deg and shift_fraction must be >= 0, max_tries >= 1")
+        if self.crop is not None and min(self.crop) < 1:
+            raise ValueError(f"augment.crop must be a positive (width, height), got {self.crop}")
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -165,13 +174,65 @@ def random_photometric(image: np.ndarray, rng: np.random.Generator, config: Augm
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def random_crop(
+    sample: GeometricSample, rng: np.random.Generator, size: tuple[int, int], margin_px: int = 4
+) -> GeometricSample:
+    """A (width, height) window of the sample placed at random so that it contains the drone (the
+    union of its mask and in-image keypoints, plus margin_px) when it fits, else centred on it.
+
+    The window's corner (x0, y0) is an integer pixel, so the crop is exact: keypoints move by
+    -(x0, y0), the principal point too, the pose is unchanged, and keypoints that fall outside the
+    window lose their visibility. A window larger than the image is padded with black.
+    """
+    height, width = sample.mask.shape
+    crop_w, crop_h = size
+    inside = _inside(sample.keypoints, width, height) & sample.visibility
+    ys, xs = np.nonzero(sample.mask)
+    xs = np.concatenate([xs, sample.keypoints[inside, 0]])
+    ys = np.concatenate([ys, sample.keypoints[inside, 1]])
+    corner = []
+    for values, extent, window in ((xs, width, crop_w), (ys, height, crop_h)):
+        if len(values) == 0:
+            corner.append(int(rng.integers(0, max(extent - window, 0) + 1)))
+            continue
+        low = int(np.floor(values.min())) - margin_px
+        high = int(np.ceil(values.max())) + margin_px
+        first, last = high - window + 1, low  # corners that keep [low, high] inside the window
+        first, last = max(first, 0), min(last, extent - window)
+        if first <= last:
+            corner.append(int(rng.integers(first, last + 1)))
+        else:  # the drone does not fit (or the window exceeds the image): centre it
+            corner.append(round((low + high - window) / 2))
+    x0, y0 = corner
+    image = _window(sample.image, x0, y0, crop_w, crop_h)
+    mask = _window(sample.mask, x0, y0, crop_w, crop_h)
+    keypoints = (sample.keypoints - np.array([x0, y0], dtype=sample.keypoints.dtype)).astype(np.float32)
+    K = sample.K.copy()
+    K[0, 2] -= x0
+    K[1, 2] -= y0
+    visibility = sample.visibility & _inside(keypoints, crop_w, crop_h)
+    return GeometricSample(image, mask, keypoints, visibility, K, sample.R, sample.t)
+
+
 def augment(sample: GeometricSample, rng: np.random.Generator, config: AugmentConfig) -> GeometricSample:
-    """Geometric then photometric augmentation of one sample."""
+    """Geometric augmentation, the optional training crop, then photometric augmentation."""
     warped = random_geometric(sample, rng, config)
+    if config.crop is not None:
+        warped = random_crop(warped, rng, config.crop, config.crop_margin_px)
     image = random_photometric(warped.image, rng, config)
     return GeometricSample(
         image, warped.mask, warped.keypoints, warped.visibility, warped.K, warped.R, warped.t
     )
+
+
+def _window(array: np.ndarray, x0: int, y0: int, width: int, height: int) -> np.ndarray:
+    """array[y0:y0+height, x0:x0+width] with zeros wherever the window leaves the array."""
+    out = np.zeros((height, width, *array.shape[2:]), dtype=array.dtype)
+    src_x0, src_y0 = max(x0, 0), max(y0, 0)
+    src_x1, src_y1 = min(x0 + width, array.shape[1]), min(y0 + height, array.shape[0])
+    if src_x1 > src_x0 and src_y1 > src_y0:
+        out[src_y0 - y0 : src_y1 - y0, src_x0 - x0 : src_x1 - x0] = array[src_y0:src_y1, src_x0:src_x1]
+    return out
 
 
 def _map_points(H: np.ndarray, points: np.ndarray) -> np.ndarray:

@@ -41,10 +41,15 @@ class TransformBroadcaster:
     """Publishes dynamic transforms on /tf (reliable, depth 100), like tf2_ros.TransformBroadcaster."""
 
     def __init__(self, node: Node) -> None:
+        self._node = node
         self._publisher = node.create_publisher(TFMessage, TF_TOPIC, tf_qos())
 
     def send(self, transforms: Iterable[TransformStamped]) -> None:
         self._publisher.publish(TFMessage(transforms=list(transforms)))
+
+    def close(self) -> None:
+        """Destroy the /tf publisher (a lifecycle node's cleanup)."""
+        self._node.destroy_publisher(self._publisher)
 
 
 class StaticTransformBroadcaster:

@@ -26,8 +26,10 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped, PoseWithCovarianceStamped
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker
 
@@ -45,6 +47,7 @@ INPUT_REJECTIONS = (
     "bad_camera_info",
     "camera_info_size_mismatch",
     "image_too_small",
+    "image_too_large",
 )
 LATENCY_WINDOW = 300
 
@@ -86,13 +89,20 @@ def stamp_ns(header: Any) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-class TrackerNode(Node):
-    """Drone pose tracker on one camera (topics `image`, `camera_info`; remap them)."""
+class TrackerNode(LifecycleNode):
+    """Drone pose tracker on one camera (topics `image`, `camera_info`; remap them).
+
+    A managed (lifecycle) node: configure loads the model and creates the publishers, activate
+    subscribes and starts the worker, deactivate unsubscribes and moves the model off the GPU,
+    cleanup releases it. With `autostart` (the default) main() configures and activates it at once,
+    so it behaves like a plain node.
+    """
 
     def __init__(self, estimator: Any = None, **kwargs: Any) -> None:
         super().__init__("drone_pose_tracker", **kwargs)
         self._declare_parameters()
-        self.estimator = estimator or self._load_estimator()
+        self._given_estimator = estimator
+        self.estimator: Any = None
         self.drone_frame = self.get_parameter("drone_frame").value
         self.counters: Counter[str] = Counter()
         self.last_rejection = ""
@@ -102,37 +112,153 @@ class TrackerNode(Node):
         self._pending: tuple[np.ndarray, Any, float] | None = None  # image waiting for its CameraInfo
         self._slot_lock = threading.Condition()
         self._last_stamp = -1
-        self._running = True
-        depth = int(self.get_parameter("input_queue_depth").value)
-        output_qos = QoSProfile(depth=int(self.get_parameter("output_queue_depth").value))
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self._subscriptions_active: list[Any] = []
+        self._outputs: list[Any] = []  # publishers and timers created on configure
+        self._marker: Marker | None = None
+        self._drone: Any = None
+        self._tracking = False
+        self.tf: TransformBroadcaster | None = None
+        self.lifecycle_label = "unconfigured"
+        self._max_pixels = int(self.get_parameter("max_image_pixels").value)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.configure_error = ""
         transport = self.get_parameter("image_transport").value
-        if transport == "compressed":  # image_transport's topic naming: <image>/compressed
-            self.create_subscription(
-                CompressedImage, "image/compressed", self._on_compressed, sensor_data_qos(depth)
-            )
-        elif transport == "raw":
-            self.create_subscription(Image, "image", self._on_image, sensor_data_qos(depth))
-        else:
-            raise ValueError(f"image_transport must be raw or compressed, got {transport!r}")
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor_data_qos(depth))
-        self.pose_publisher = self.create_publisher(PoseStamped, "pose", output_qos)
+        if transport not in ("raw", "compressed"):
+            self.configure_error = f"image_transport must be raw or compressed, got {transport!r}"
+            self.get_logger().error(f"configure failed: {self.configure_error}")
+            return TransitionCallbackReturn.FAILURE
+        try:
+            self.estimator = self._given_estimator or self._load_estimator()
+        except (ValueError, OSError) as error:  # CheckpointError is a ValueError
+            self.get_logger().error(f"configure failed: {error}")
+            self.configure_error = str(error)
+            return TransitionCallbackReturn.FAILURE
+        self._device = self.estimator.device
+        output_qos = QoSProfile(depth=int(self.get_parameter("output_queue_depth").value))
+        depth = int(self.get_parameter("input_queue_depth").value)
+        overridable = QoSOverridingOptions.with_default_policies()
+        self.pose_publisher = self.create_publisher(
+            PoseStamped, "pose", output_qos, qos_overriding_options=overridable
+        )
         self.covariance_publisher = self.create_publisher(
-            PoseWithCovarianceStamped, "pose_with_covariance", output_qos
+            PoseWithCovarianceStamped, "pose_with_covariance", output_qos, qos_overriding_options=overridable
+        )
+        self.marker_publisher = self.create_publisher(
+            Marker, "marker", output_qos, qos_overriding_options=overridable
+        )
+        self.overlay_publisher = self.create_publisher(
+            Image, "overlay", sensor_data_qos(depth), qos_overriding_options=overridable
         )
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.marker_publisher = self.create_publisher(Marker, "marker", output_qos)
-        self.overlay_publisher = self.create_publisher(Image, "overlay", sensor_data_qos(depth))
         self._marker = self._mesh_marker()
         self._tracking = False
         self.tf = TransformBroadcaster(self) if self.get_parameter("publish_tf").value else None
-        self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.create_timer(1.0, self._publish_diagnostics)
         wait = float(self.get_parameter("camera_info_wait_s").value)
-        self.create_timer(max(wait / 2, 0.01), lambda: self._flush_pending(wait))
+        self._outputs = [
+            self.pose_publisher,
+            self.covariance_publisher,
+            self.marker_publisher,
+            self.overlay_publisher,
+            self.diagnostics_publisher,
+            self.create_timer(1.0, self._publish_diagnostics),
+            self.create_timer(max(wait / 2, 0.01), lambda: self._flush_pending(wait)),
+        ]
         self._rates_since = time.monotonic()
         self._window_base = (0, 0)
+        self.lifecycle_label = "inactive"
+        self.get_logger().info(f"configured: model {self._model_name()} on {self._device}")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.estimator.device != self._device:
+            self.estimator.to(self._device)
+        depth = int(self.get_parameter("input_queue_depth").value)
+        overridable = QoSOverridingOptions.with_default_policies()
+        transport = self.get_parameter("image_transport").value
+        if transport == "compressed":  # image_transport's topic naming: <image>/compressed
+            image = self.create_subscription(
+                CompressedImage,
+                "image/compressed",
+                self._on_compressed,
+                sensor_data_qos(depth),
+                qos_overriding_options=overridable,
+            )
+        else:
+            image = self.create_subscription(
+                Image, "image", self._on_image, sensor_data_qos(depth), qos_overriding_options=overridable
+            )
+        info = self.create_subscription(
+            CameraInfo,
+            "camera_info",
+            self._on_camera_info,
+            sensor_data_qos(depth),
+            qos_overriding_options=overridable,
+        )
+        self._subscriptions_active = [image, info]
+        self._running = True
         self._worker = threading.Thread(target=self._work, name="drone_pose_estimator", daemon=True)
         self._worker.start()
+        self.lifecycle_label = "active"
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        if self.estimator.device.type == "cuda":
+            self.estimator.to("cpu")  # frees the GPU memory until the next activate
+        self.lifecycle_label = "inactive"
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release_outputs()
+        self.lifecycle_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release_outputs()
+        self.lifecycle_label = "finalized"
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release_outputs()
+        self.lifecycle_label = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_inputs(self) -> None:
+        for subscription in self._subscriptions_active:
+            self.destroy_subscription(subscription)
+        self._subscriptions_active = []
+        self._running = False
+        with self._slot_lock:
+            self._slot = None
+            self._slot_lock.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=5.0)
+            self._worker = None
+        self._pending = None
+
+    def _release_outputs(self) -> None:
+        for entity in self._outputs:
+            if isinstance(entity, Publisher):
+                self.destroy_publisher(entity)
+            else:
+                self.destroy_timer(entity)
+        self._outputs = []
+        if self.tf is not None:
+            self.tf.close()
+            self.tf = None
+        self.estimator = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _model_name(self) -> str:
+        return str(getattr(self.estimator, "description", {}).get("path", ""))
 
     # -- parameters -------------------------------------------------------------------------
     def _declare_parameters(self) -> None:
@@ -168,6 +294,14 @@ class TrackerNode(Node):
             describe("how long an image waits for the CameraInfo of its stamp", 0.0, 10.0),
         )
         self.declare_parameter("image_transport", "raw", describe("raw (sensor_msgs/Image) or compressed"))
+        self.declare_parameter(
+            "autostart", True, describe("configure and activate at start (false: wait for lifecycle calls)")
+        )
+        self.declare_parameter(
+            "max_image_pixels",
+            50_000_000,
+            describe("images with more pixels are rejected (image_too_large) before any copy"),
+        )
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         updates = {}
@@ -179,6 +313,9 @@ class TrackerNode(Node):
                     return SetParametersResult(successful=False, reason=reason)
                 updates[parameter.name] = value
             elif parameter.name in (
+                "autostart",
+                "max_image_pixels",
+                "publish_tf",
                 "camera_info_wait_s",
                 "checkpoint",
                 "device",
@@ -189,7 +326,8 @@ class TrackerNode(Node):
                 return SetParametersResult(
                     successful=False, reason=f"{parameter.name} is read-only at run time"
                 )
-        if updates:  # one attribute assignment: the worker sees either the old or the new set
+        # one attribute assignment: the worker sees either the old or the new set
+        if updates and self.estimator is not None:
             self.estimator.thresholds = dataclasses.replace(self.estimator.thresholds, **updates)
         return SetParametersResult(successful=True)
 
@@ -225,13 +363,17 @@ class TrackerNode(Node):
     def _on_compressed(self, msg: CompressedImage) -> None:
         encoded = np.frombuffer(bytes(msg.data), dtype=np.uint8)
         decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
-        if decoded is None:
+        if decoded is None or decoded.shape[0] * decoded.shape[1] > self._max_pixels:
             self.counters["images_received"] += 1
-            self._reject("bad_image")
+            self._reject("bad_image" if decoded is None else "image_too_large")
             return
         self._on_pixels(np.ascontiguousarray(decoded[..., ::-1]), msg.header)
 
     def _on_image(self, msg: Image) -> None:
+        if int(msg.width) * int(msg.height) > self._max_pixels:
+            self.counters["images_received"] += 1
+            self._reject("image_too_large")
+            return
         try:
             rgb = rgb_of(msg)
         except ImageConversionError:
@@ -402,6 +544,7 @@ class TrackerNode(Node):
             "processed_rate_hz": (processed - last_processed) / elapsed,
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p95_ms": float(np.percentile(latencies, 95)),
+            "lifecycle_state": self.lifecycle_label,
             "device": str(getattr(self.estimator, "device", "")),
             "model": str(getattr(self.estimator, "description", {}).get("path", "")),
             "last_rejection": self.last_rejection,
@@ -419,10 +562,7 @@ class TrackerNode(Node):
         self.diagnostics_publisher.publish(array)
 
     def destroy_node(self) -> None:
-        self._running = False
-        with self._slot_lock:
-            self._slot_lock.notify_all()
-        self._worker.join(timeout=5.0)
+        self._stop_inputs()
         super().destroy_node()
 
 
@@ -434,19 +574,26 @@ def _fill_pose(pose: Any, quaternion: np.ndarray, t: np.ndarray) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point `tracker_node` (rclpy arguments: --ros-args -p checkpoint:=... -r image:=...)."""
+    """Entry point `tracker_node` (rclpy arguments: --ros-args -p checkpoint:=... -r image:=...).
+
+    With autostart (default) the node is configured and activated at once and a failed configure
+    (bad parameters or checkpoint) exits with status 2; without it the node waits, unconfigured, for
+    lifecycle transitions (`ros2 lifecycle set /drone_pose_tracker configure`).
+    """
     rclpy.init(args=args)
     node = None
     try:
         node = TrackerNode()
+        if node.get_parameter("autostart").value:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                print(f"tracker_node: {node.configure_error}", file=sys.stderr)
+                raise SystemExit(2)
+            node.trigger_activate()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except (ValueError, OSError) as error:  # bad parameters or checkpoint: say so, exit non-zero
-        print(f"tracker_node: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
     finally:
         if node is not None:
             node.destroy_node()

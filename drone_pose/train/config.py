@@ -38,6 +38,7 @@ class DataConfig:
     max_train_samples: int | None = None
     max_val_samples: int | None = None
     augment: bool = True
+    crop: tuple[int, int] | None = None  # train on (width, height) windows around the drone
     workers: int = 2
 
 
@@ -52,6 +53,7 @@ class LossConfig:
     pnp: str = "bpnp_exact"
     heatmap_only_epochs: int = 0
     sigma: float = 2.0
+    foreground_weight: float = 0.0  # l1/mse pixels weighted by 1 + w * target (0: the study's loss)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ def validate(config: TrainConfig) -> None:
         ("batch_size", config.batch_size >= 1, "at least 1"),
         ("metric", config.metric in METRICS, f"one of {METRICS}"),
         ("data.workers", config.data.workers >= 0, "non-negative"),
+        ("data.crop", config.data.crop is None or min(config.data.crop) >= 16, "a (width, height) >= 16 px"),
+        ("loss.foreground_weight", config.loss.foreground_weight >= 0, "non-negative"),
         ("log_every", config.log_every >= 1, "at least 1"),
     ]
     for key, ok, expected in checks:

@@ -34,15 +34,22 @@ def gaussian_targets(
     return targets * visibility[..., None, None].to(targets.dtype)
 
 
-def heatmap_loss(predicted: Tensor, target: Tensor, visibility: Tensor, kind: str) -> Tensor:
+def heatmap_loss(
+    predicted: Tensor, target: Tensor, visibility: Tensor, kind: str, foreground_weight: float = 0.0
+) -> Tensor:
     """l_h []: L1 or MSE per pixel averaged over visible keypoints' maps, or KL(target || softmax)
-    between spatial distributions. predicted, target [B,K,h,w]; visibility [B,K]."""
+    between spatial distributions. predicted, target [B,K,h,w]; visibility [B,K].
+
+    foreground_weight w > 0 weights L1/MSE pixels by 1 + w * target, so that the few pixels of each
+    peak are not drowned by the background (faster escape from the all-zero plateau)."""
     weight = visibility.to(predicted.dtype)
     count = weight.sum().clamp_min(1.0)
-    if kind == "l1":
-        per_map = (predicted - target).abs().mean((-1, -2))
-    elif kind == "mse":
-        per_map = ((predicted - target) ** 2).mean((-1, -2))
+    pixel_weight = 1.0 + foreground_weight * target if foreground_weight > 0 else None
+    if kind in ("l1", "mse"):
+        error = (predicted - target).abs() if kind == "l1" else (predicted - target) ** 2
+        if pixel_weight is not None:
+            error = error * pixel_weight
+        per_map = error.mean((-1, -2))
     elif kind == "kl":
         log_q = F.log_softmax(predicted.flatten(2), dim=-1)
         p = target.flatten(2)

@@ -317,7 +317,9 @@ def _loss(
         for heatmaps in maps:  # multi-resolution supervision (HigherHRNet)
             stride = image_width / heatmaps.shape[-1]
             target = gaussian_targets(keypoints, visibility, heatmaps.shape[-2:], stride, config.loss.sigma)
-            l_h = l_h + heatmap_loss(heatmaps, target, visibility, config.loss.heatmap)
+            l_h = l_h + heatmap_loss(
+                heatmaps, target, visibility, config.loss.heatmap, config.loss.foreground_weight
+            )
         l_h = l_h / len(maps)
         parts["l_h"] = float(l_h.detach())
         total = total + l_h
@@ -407,7 +409,7 @@ def evaluate(
 
 def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset, DroneModel, tuple[int, int]]:
     data = config.data
-    augment = AugmentConfig() if data.augment else None
+    augment = AugmentConfig(crop=data.crop) if data.augment else None
     if data.path is not None:
         train_set = ShardDataset(data.path, data.train_split, augment=augment, seed=config.seed)
         val_set = ShardDataset(data.path, data.val_split, augment=None, seed=config.seed)
