@@ -26,6 +26,9 @@ from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD
 
 FORMAT = "drone_pose.checkpoint"
 VERSION = 1
+DEFAULT_DRONE = "m2ed"
+# The shipped checkpoint of each built-in drone, in models/checkpoints (a model card next to each).
+SHIPPED_CHECKPOINTS = {"m2ed": "m2ed_hrnet_lite.pt", "tello": "tello_hrnet_lite.pt"}
 
 
 class CheckpointError(ValueError):
@@ -85,6 +88,21 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)
+    return path
+
+
+def default_checkpoint(drone: str = DEFAULT_DRONE) -> Path:
+    """The shipped checkpoint for a built-in drone (models/checkpoints); CheckpointError when absent."""
+    from drone_pose.resources import models_dir
+
+    if drone not in SHIPPED_CHECKPOINTS:
+        raise CheckpointError(
+            f"no shipped checkpoint for drone {drone!r} (shipped: {', '.join(SHIPPED_CHECKPOINTS)}); "
+            "name a checkpoint trained with `drone-pose train`"
+        )
+    path = models_dir() / "checkpoints" / SHIPPED_CHECKPOINTS[drone]
+    if not path.is_file():
+        raise CheckpointError(f"the default checkpoint for {drone} is missing: {path}")
     return path
 
 

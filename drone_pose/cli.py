@@ -66,6 +66,21 @@ def _cmd_bench_pnp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_tracker(args: argparse.Namespace) -> int:
+    from drone_pose.ros.latency_benchmark import run_latency_benchmark
+
+    report = run_latency_benchmark(
+        args.checkpoint,
+        drone=args.drone,
+        seconds=args.seconds,
+        rate_hz=args.rate,
+        device=args.device,
+        parameters=tuple(args.param or ()),
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_bench_net(args: argparse.Namespace) -> int:
     from drone_pose.nets.benchmark import run_benchmark
 
@@ -280,6 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--batch", type=int, default=8, help="batch size of the throughput figure")
     net.add_argument("--repeats", type=int, default=10)
     net.set_defaults(run=_cmd_bench_net)
+    tracker = bench.add_parser(
+        "tracker", help="tracker node over DDS: image publish -> pose receipt latency at a fixed rate"
+    )
+    tracker.add_argument("--checkpoint", help="default: the shipped checkpoint of --drone")
+    tracker.add_argument("--drone", default="m2ed")
+    tracker.add_argument("--seconds", type=float, default=60.0)
+    tracker.add_argument("--rate", type=float, default=15.0, help="input frame rate, Hz")
+    tracker.add_argument("--device", default="cpu", help="the tracker's device (cpu, cuda, auto)")
+    tracker.add_argument("--param", action="append", help="extra tracker parameter name:=value")
+    tracker.set_defaults(run=_cmd_bench_tracker)
 
     synth = commands.add_parser("synth", help="render a synthetic UAVA-like dataset (sharded, split)")
     synth.add_argument("--drone", default="m2ed", help="built-in drone name or drone YAML path")
@@ -356,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     bag_eval.add_argument(
         "bag", help="rosbag2 folder with /<camera>/image_raw, camera_info, ground_truth/pose"
     )
-    bag_eval.add_argument("--checkpoint", required=True)
+    bag_eval.add_argument("--checkpoint", help="default: the shipped checkpoint of the bag's drone")
     bag_eval.add_argument(
         "--out", required=True, help="report folder (results, frames.csv, plots, estimates/)"
     )

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from drone_pose.checkpoint import load_checkpoint, network_from_checkpoint
+from drone_pose.checkpoint import DEFAULT_DRONE, default_checkpoint, load_checkpoint, network_from_checkpoint
 from drone_pose.geometry.camera import project_points, validate_intrinsics
 from drone_pose.nets.decoding import decode_heatmaps
 from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
@@ -94,9 +94,15 @@ class PoseEstimator:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str | torch.device | None = None, **options
+        cls,
+        path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        drone: str = DEFAULT_DRONE,
+        **options,
     ) -> PoseEstimator:
-        """Load a self-describing checkpoint (see drone_pose.checkpoint); clear errors when it is bad."""
+        """Load a self-describing checkpoint (see drone_pose.checkpoint); clear errors when it is bad.
+        Without a path, the shipped default checkpoint for `drone` (models/checkpoints)."""
+        path = default_checkpoint(drone) if path is None or str(path) == "" else path
         checkpoint = load_checkpoint(path)
         network = network_from_checkpoint(checkpoint, str(path))
         spec = checkpoint["input"]

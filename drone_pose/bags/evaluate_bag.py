@@ -20,6 +20,7 @@ import torch
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from drone_pose.bags import messages
+from drone_pose.checkpoint import DEFAULT_DRONE, default_checkpoint
 from drone_pose.data.drones import load_drone
 from drone_pose.estimator import PoseEstimator
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
@@ -95,16 +96,27 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
     return frames, skipped
 
 
+def bag_drone(bag: str | Path) -> str | None:
+    """The drone a `drone-pose synth-bag` bag shows (its custom metadata), None for other bags."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        return (reader.metadata.custom or {}).get("drone_pose.drone")
+
+
 def evaluate_bag(
     bag: str | Path,
-    checkpoint: str | Path,
+    checkpoint: str | Path | None,
     out: str | Path,
     camera: str = "camera",
     device: str | None = None,
     batch_size: int = 8,
     overlay_every: int = 1,
 ) -> dict[str, Any]:
-    """Run the estimator over the bag's frames and write the report; returns the summary."""
+    """Run the estimator over the bag's frames and write the report; returns the summary.
+    checkpoint None: the shipped checkpoint of the bag's drone (custom metadata), else of m2ed."""
+    if checkpoint is None:
+        checkpoint = default_checkpoint(bag_drone(bag) or DEFAULT_DRONE)
     estimator = PoseEstimator.from_checkpoint(checkpoint, device=device)
     drone = load_drone(estimator.description["drone"]["name"])
     frames, skipped = read_frames(bag, camera)

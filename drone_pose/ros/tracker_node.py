@@ -270,7 +270,10 @@ class TrackerNode(LifecycleNode):
                 ]
             return descriptor
 
-        self.declare_parameter("checkpoint", "", describe("drone_pose checkpoint (.pt)"))
+        self.declare_parameter(
+            "checkpoint", "", describe("drone_pose checkpoint (.pt); empty: the shipped one for `drone`")
+        )
+        self.declare_parameter("drone", "m2ed", describe("built-in drone whose shipped model is the default"))
         self.declare_parameter("device", "auto", describe("cpu, cuda, cuda:N or auto"))
         self.declare_parameter("drone_frame", "drone", describe("child frame of the published TF"))
         self.declare_parameter("publish_tf", True, describe("publish camera optical -> drone on /tf"))
@@ -318,6 +321,7 @@ class TrackerNode(LifecycleNode):
                 "publish_tf",
                 "camera_info_wait_s",
                 "checkpoint",
+                "drone",
                 "device",
                 "image_transport",
                 "input_queue_depth",
@@ -334,16 +338,17 @@ class TrackerNode(LifecycleNode):
     def _load_estimator(self) -> Any:
         from drone_pose.estimator import EstimatorThresholds, PoseEstimator
 
-        checkpoint = self.get_parameter("checkpoint").value
-        if not checkpoint:
-            raise ValueError("parameter 'checkpoint' is empty: name a drone_pose checkpoint (.pt)")
+        checkpoint = self.get_parameter("checkpoint").value or None
         device = self.get_parameter("device").value
         thresholds = EstimatorThresholds(
             min_keypoint_confidence=float(self.get_parameter("min_keypoint_confidence").value),
             max_reprojection_rms_px=float(self.get_parameter("max_reprojection_rms_px").value),
         )
         return PoseEstimator.from_checkpoint(
-            checkpoint, device=None if device == "auto" else device, thresholds=thresholds
+            checkpoint,
+            device=None if device == "auto" else device,
+            drone=self.get_parameter("drone").value,
+            thresholds=thresholds,
         )
 
     # -- inputs (executor thread) -------------------------------------------------------------
