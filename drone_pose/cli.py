@@ -257,11 +257,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    print(
-        "drone-pose demo: the end-to-end tracker demo (synthetic flight bag -> tracker node over DDS -> "
-        "accuracy and latency report) is delivered by issue 7 (the ROS 2 tracker). Until then, try:\n"
-        "  drone-pose models   # the built-in drone models\n"
-        "  drone-pose info     # versions and devices"
+    from drone_pose.ros.demo import run_demo
+
+    run_demo(
+        args.out,
+        drone=args.drone,
+        seconds=args.seconds,
+        rate_hz=args.rate,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        log=lambda line: print(line, flush=True),
     )
     return 0
 
@@ -272,7 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("models", help="list the built-in drone models as JSON").set_defaults(run=_cmd_models)
     commands.add_parser("info", help="versions, data folders and compute devices").set_defaults(run=_cmd_info)
-    commands.add_parser("demo", help="run the end-to-end demo").set_defaults(run=_cmd_demo)
+    demo = commands.add_parser(
+        "demo", help="synthetic flight -> replay over DDS -> tracker node -> accuracy and latency report"
+    )
+    demo.add_argument("--out", default="demo_output", help="output folder")
+    demo.add_argument("--drone", default="m2ed")
+    demo.add_argument("--seconds", type=float, default=10.0, help="flight length")
+    demo.add_argument("--rate", type=float, default=15.0, help="camera frame rate, Hz")
+    demo.add_argument("--checkpoint", help="default: the shipped checkpoint of --drone")
+    demo.add_argument("--device", default="cpu", help="the tracker's device (cpu, cuda, auto)")
+    demo.set_defaults(run=_cmd_demo)
     bench = commands.add_parser("bench", help="benchmarks that print JSON").add_subparsers(
         dest="target", required=True
     )

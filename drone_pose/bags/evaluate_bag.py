@@ -24,7 +24,7 @@ from drone_pose.checkpoint import DEFAULT_DRONE, default_checkpoint
 from drone_pose.data.drones import load_drone
 from drone_pose.estimator import PoseEstimator
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
-from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
+from drone_pose.geometry.rotations import matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix
 from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
 
@@ -147,6 +147,15 @@ def evaluate_bag(
     errors = pose_errors(R, t, R_gt, t_gt, x3d, K)
     metrics = summarize_errors(errors, drone.diagonal)
     metrics["valid_fraction"] = float(np.mean([r["valid"] for r in results]))
+    valid = torch.tensor([r["valid"] for r in results])
+    # what the tracker publishes: the frames whose pose passed its checks
+    metrics_valid = (
+        summarize_errors(
+            pose_errors(R[valid], t[valid], R_gt[valid], t_gt[valid], x3d, K[valid]), drone.diagonal
+        )
+        if bool(valid.any())
+        else {}
+    )
     projected = (x3d @ R_gt.transpose(1, 2) + t_gt[:, None]) @ K.transpose(1, 2)
     truth_keypoints = projected[..., :2] / projected[..., 2:3]
     keypoint_errors = (torch.stack([r["keypoints"] for r in results]) - truth_keypoints).norm(dim=-1).numpy()
@@ -166,13 +175,20 @@ def evaluate_bag(
     files = write_report(out, label, metrics, samples, keypoint_errors, drone.keypoint_names)
     with (out / "frames.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["stamp_ns", "valid", "reason", "rotation_deg", "translation_cm", "proj_px"])
-        for frame, result, rot, trans, proj in zip(
+        writer.writerow(
+            [
+                *("stamp_ns", "valid", "reason", "rotation_deg", "translation_cm", "proj_px"),
+                *("tx", "ty", "tz", "qx", "qy", "qz", "qw"),
+            ]
+        )
+        quaternions = matrix_to_quaternion_xyzw(R).numpy()
+        for frame, result, rot, trans, proj, quaternion in zip(
             frames,
             results,
             samples["rotation_deg"],
             samples["translation_cm"],
             samples["proj_px"],
+            quaternions,
             strict=True,
         ):
             writer.writerow(
@@ -183,6 +199,8 @@ def evaluate_bag(
                     f"{rot:.4f}",
                     f"{trans:.4f}",
                     f"{proj:.4f}",
+                    *(f"{v:.6f}" for v in result["t"].tolist()),
+                    *(f"{v:.6f}" for v in quaternion.tolist()),
                 ]
             )
     files["frames"] = str(out / "frames.csv")
@@ -192,6 +210,7 @@ def evaluate_bag(
         "frames": len(frames),
         "skipped": skipped,
         "metrics": metrics,
+        "metrics_valid_frames": metrics_valid,
         "frames_per_s": round(len(frames) / max(elapsed, 1e-9), 1),
         "table": markdown_table([(label, metrics)]),
         "files": files,
