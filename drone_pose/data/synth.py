@@ -22,8 +22,12 @@ from drone_pose.geometry.camera import validate_intrinsics
 
 SUPERSAMPLING = 2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-# Base RGB colours by part-name prefix (0..1); jittered per image.
+# Base RGB colours by part-name prefix (0..1), first match wins; jittered per image. The front arms
+# and motors carry a red marking, as real quadrotors' front LEDs and arm markings do: without any
+# front/rear cue a 180-degree yaw turn of the (front/rear-symmetric) keypoints is invisible.
 PART_COLOURS = {
+    "arm_front": (0.70, 0.20, 0.14),
+    "motor_front": (0.55, 0.10, 0.07),
     "body": (0.35, 0.36, 0.38),
     "battery": (0.25, 0.26, 0.28),
     "gimbal": (0.12, 0.12, 0.13),
