@@ -256,6 +256,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         return 2
 
 
+def _cmd_model_card(args: argparse.Namespace) -> int:
+    from drone_pose.model_card import write_model_card
+
+    figures = write_model_card(
+        args.checkpoint, args.run_dir, args.heldout, args.out, args.data_command, args.heldout_command
+    )
+    print(json.dumps(figures["heldout"], indent=2))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from drone_pose.ros.demo import run_demo
 
@@ -424,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=16)
     evaluation.add_argument("--limit", type=int, help="evaluate only the first N samples")
     evaluation.set_defaults(run=_cmd_eval)
+
+    card = commands.add_parser("model-card", help="ship a checkpoint: copy it and write its model card")
+    card.add_argument("--checkpoint", required=True, help="the run's best.pt")
+    card.add_argument("--run-dir", required=True, help="the training run folder (config.yaml, metrics.csv)")
+    card.add_argument("--heldout", required=True, help="held-out dataset folder (test split)")
+    card.add_argument("--out", required=True, help="output stem, e.g. models/checkpoints/m2ed_hrnet_lite")
+    card.add_argument("--data-command", required=True, help="how the training data was rendered")
+    card.add_argument("--heldout-command", required=True, help="how the held-out set was rendered")
+    card.set_defaults(run=_cmd_model_card)
 
     export = commands.add_parser("export", help="a checkpoint's heatmap model as ONNX or TorchScript")
     export.add_argument("--checkpoint", required=True, help="drone_pose checkpoint (.pt)")

@@ -157,33 +157,40 @@ def cost_derivatives(
     d_uv_dw = torch.linalg.cross(rotated.unsqueeze(-2).expand_as(d_uv_dp), d_uv_dp, dim=-1)
     J = (weights.unsqueeze(-1) * torch.cat((d_uv_dp, d_uv_dw), dim=-1)).reshape(batch, 2 * count, 6)
     r = weights * (uv - x2d)
-    squared = (r * r).sum(-1)
-    rho, irls = huber_weights(squared, huber)
     r_flat = r.reshape(batch, 2 * count, 1)
-    Jw = J if huber is None else J * irls.repeat_interleave(2, dim=1).unsqueeze(-1)
-    gradient = (Jw.transpose(1, 2) @ r_flat).squeeze(-1)
-    gauss_newton = Jw.transpose(1, 2) @ J
+    if huber is None:  # rho(s) = s: no per-point norms needed
+        cost = 0.5 * r_flat.squeeze(-1).square().sum(-1)
+        Jw = J
+    else:
+        squared = r[..., 0] * r[..., 0] + r[..., 1] * r[..., 1]
+        rho, irls = huber_weights(squared, huber)
+        cost = 0.5 * rho.sum(-1)
+        Jw = J * irls.repeat_interleave(2, dim=1).unsqueeze(-1)
+    Jw_t = Jw.transpose(1, 2)
+    gradient = (Jw_t @ r_flat).squeeze(-1)
+    gauss_newton = Jw_t @ J
     hessian = None
     if exact:
-        Jr = (J * r_flat).reshape(batch, count, 2, 6).sum(2)  # [B,N,6] per-point J^T r
+        # Elementwise over the two image coordinates: far cheaper than tiny per-point matmuls.
+        J_points = J.view(batch, count, 2, 6)
+        Jr = J_points[:, :, 0] * r[..., 0:1] + J_points[:, :, 1] * r[..., 1:2]  # [B,N,6] per-point J^T r
         hessian = gauss_newton
         if huber is not None:
             curvature = huber_second_derivative(squared, huber).unsqueeze(-1)
             hessian = hessian + 2.0 * (curvature * Jr).transpose(1, 2) @ Jr
         # Second derivatives of the projection weighted by lambda_c = rho' w_c r_c per coordinate.
-        lam = (weights * r if huber is None else irls.unsqueeze(-1) * weights * r).unsqueeze(-2)  # [B,N,1,2]
+        lam = weights * r if huber is None else irls.unsqueeze(-1) * weights * r  # [B,N,2]
         m = Jr if huber is None else irls.unsqueeze(-1) * Jr  # [B,N,6]
-        d = (lam @ d_uv_dp).squeeze(-2)  # [B,N,3]
-        zeros = torch.zeros_like(rotated[..., :1])
-        q = torch.cat(
-            (zeros, zeros, torch.ones_like(zeros), rotated[..., 1:2], -rotated[..., 0:1], zeros), dim=-1
-        )
-        outer = (q / z).transpose(1, 2) @ m
+        d = lam[..., 0:1] * d_uv_dp[:, :, 0] + lam[..., 1:2] * d_uv_dp[:, :, 1]  # [B,N,3]
+        # d(dp/dw)/d(dt, dw) couples rows 2 (1/z), 3 (y/z) and 4 (-x/z) of the pose step.
+        inv_z = 1.0 / z
+        q = torch.cat((inv_z, rotated[..., 1:2] * inv_z, -rotated[..., 0:1] * inv_z), dim=-1)  # [B,N,3]
+        outer = torch.nn.functional.pad(q.transpose(1, 2) @ m, (0, 0, 2, 1))  # [B,6,6]
         ad = rotated.transpose(1, 2) @ d
-        trace = (rotated * d).sum((-1, -2))
+        trace = ad.diagonal(dim1=-2, dim2=-1).sum(-1)
         eye = torch.eye(3, dtype=K.dtype, device=K.device)
         rotation_block = 0.5 * (ad + ad.transpose(-1, -2)) - trace[:, None, None] * eye
         hessian = (
             hessian - outer - outer.transpose(-1, -2) + torch.nn.functional.pad(rotation_block, (3, 0, 3, 0))
         )
-    return 0.5 * rho.sum(-1), gradient, gauss_newton, hessian, p[..., 2], J
+    return cost, gradient, gauss_newton, hessian, p[..., 2], J

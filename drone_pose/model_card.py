@@ -1,0 +1,179 @@
+"""Ship a trained checkpoint: copy it next to a model card (Markdown) and its figures (JSON).
+
+The card records what a user needs to trust and reproduce the model: the training configuration
+and data, the epochs and time it took on which hardware, the validation curve, the papers' metric
+table on a held-out synthetic test set rendered with a seed not used in training (plus the figure
+for its first `check_samples` images, which the test suite reproduces), and inference timings.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from drone_pose.checkpoint import load_checkpoint
+from drone_pose.estimator import PoseEstimator
+from drone_pose.evaluate import evaluate_checkpoint
+
+# The study's HRNet on UAVA (paper 000, Table 3, l_h): ACC5 and ADD5 in percent.
+STUDY_REFERENCE = {"m2ed": {"ACC5": 98.0, "ADD5": 91.4}, "tello": {"ACC5": 75.0, "ADD5": 43.3}}
+ACCEPTANCE = {"m2ed": {"ACC5": 90.0, "ADD5": 80.0}, "tello": {"ACC5": 60.0, "ADD5": 35.0}}
+
+
+def estimator_latency_ms(checkpoint: str | Path, repeats: int = 30) -> dict[str, float]:
+    """Median PoseEstimator time (ms) per 320x240 frame, batch 1, on this CPU, by stage."""
+    estimator = PoseEstimator.from_checkpoint(checkpoint, device="cpu")
+    image = np.zeros((estimator.input_height, estimator.input_width, 3), np.uint8)
+    K = np.array([[252.7, 0.0, 160.0], [0.0, 252.7, 120.0], [0.0, 0.0, 1.0]])
+    stages: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for key, value in estimator.estimate(image, K).timings.items():
+            stages.setdefault(key, []).append(value)
+    return {key: round(float(np.median(values)), 2) for key, values in stages.items()}
+
+
+def _validation_curve(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "metrics.csv"
+    return list(csv.DictReader(path.open())) if path.is_file() else []
+
+
+def write_model_card(
+    checkpoint: str | Path,
+    run_dir: str | Path,
+    heldout: str | Path,
+    out_stem: str | Path,
+    data_command: str,
+    heldout_command: str,
+    check_samples: int = 200,
+) -> dict[str, Any]:
+    """Copy `checkpoint` to out_stem.pt and write out_stem.md / out_stem.json; returns the figures."""
+    run_dir, out_stem = Path(run_dir), Path(out_stem)
+    out_stem.parent.mkdir(parents=True, exist_ok=True)
+    shipped = out_stem.with_suffix(".pt")
+    shutil.copyfile(checkpoint, shipped)
+    description = load_checkpoint(shipped)
+    drone = description["drone"]["name"]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    curve = _validation_curve(run_dir)
+    started = time.perf_counter()
+    full = evaluate_checkpoint(shipped, heldout, "test", device="cpu")
+    check = evaluate_checkpoint(shipped, heldout, "test", device="cpu", limit=check_samples)
+    figures = {
+        "checkpoint": shipped.name,
+        "drone": drone,
+        "network": config["network"],
+        "parameters_m": round(sum(v.numel() for v in description["state_dict"].values()) / 1e6, 3),
+        "heldout": {"command": heldout_command, "samples": full["samples"], "metrics": full["metrics"]},
+        "check": {"samples": check["samples"], "metrics": check["metrics"]},
+        "training": {
+            "command": data_command,
+            "config": config,
+            "epochs_run": len(curve),
+            "seconds_per_step": _step_seconds(curve),
+        },
+        "estimator_ms_cpu_batch1": estimator_latency_ms(shipped),
+        "hardware": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "evaluation_seconds": round(time.perf_counter() - started, 1),
+    }
+    out_stem.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
+    out_stem.with_suffix(".md").write_text(_card_text(figures, curve, full["table"], shipped))
+    return figures
+
+
+def _step_seconds(curve: list[dict[str, str]]) -> float | None:
+    """Mean seconds per training step from Table 1's timings (forward + backward + optimiser)."""
+    if not curve:
+        return None
+    per_step = [
+        (float(row["forward_ms"]) + float(row["backward_ms"]) + float(row["optimiser_step_ms"])) / 1e3
+        for row in curve
+    ]
+    return round(float(np.mean(per_step)), 3)
+
+
+def _card_text(figures: dict[str, Any], curve: list[dict[str, str]], table: str, shipped: Path) -> str:
+    drone = figures["drone"]
+    metrics = figures["heldout"]["metrics"]
+    reference, acceptance = STUDY_REFERENCE.get(drone, {}), ACCEPTANCE.get(drone, {})
+    config = figures["training"]["config"]
+    lines = [
+        f"# Model card: `{shipped.name}`",
+        "",
+        f"Keypoint network `{figures['network']}` ({figures['parameters_m']} M parameters) for the "
+        f"built-in `{drone}` drone, trained on synthetic UAVA-like images on CPU. Load it with "
+        f"`PoseEstimator.from_checkpoint()` (no path: the shipped default for `{drone}`), "
+        "`tracker_node` (empty `checkpoint`), `drone-pose eval --checkpoint` or `eval-bag`.",
+        "",
+        "## Held-out synthetic test set",
+        "",
+        f"`{figures['heldout']['command']}` ({figures['heldout']['samples']} images, a seed not used in "
+        "training), `drone-pose eval --checkpoint models/checkpoints/"
+        f"{shipped.name} --data <that folder> --split test`:",
+        "",
+        table.strip(),
+        "",
+        f"Keypoint error {metrics['keypoint_px']:.2f} px (mean over in-image keypoints); "
+        f"valid (accepted by the estimator's checks) {100 * metrics['valid_fraction']:.1f} %.",
+        "",
+    ]
+    if acceptance:
+        verdict = all(metrics[key] >= value for key, value in acceptance.items())
+        lines += [
+            f"Target for this model: ACC5 >= {acceptance['ACC5']} %, ADD5 >= {acceptance['ADD5']} % "
+            f"({'met' if verdict else 'not met'}). The study's HRNet-W48 on real UAVA images: "
+            f"ACC5 {reference['ACC5']} %, ADD5 {reference['ADD5']} %.",
+            "",
+        ]
+    check = figures["check"]
+    lines += [
+        f"First {check['samples']} test images (what `test/test_shipped_models.py` reproduces): "
+        + ", ".join(f"{k} {check['metrics'][k]:.2f}" for k in ("ACC5", "ADD5", "Proj5", "keypoint_px")),
+        "",
+        "## Training",
+        "",
+        f"- Data: `{figures['training']['command']}` (train split for training, val for model selection).",
+        f"- Recipe: `config/train/{config['name']}.yaml`: loss {config['loss']['kind']} "
+        f"({config['loss']['heatmap']}, foreground weight {config['loss'].get('foreground_weight', 0)}), "
+        f"Adam lr {config['optim']['lr']} ({config['optim']['schedule']}), batch {config['batch_size']}, "
+        f"{config['epochs']} epochs, training crops {config['data'].get('crop')}, seed {config['seed']}; "
+        f"best epoch by {config['metric']}.",
+        f"- Epochs run: {figures['training']['epochs_run']}; mean time per training step "
+        f"{figures['training']['seconds_per_step']} s (forward + backward + optimiser).",
+        f"- Hardware: {figures['hardware']['platform']}, {figures['hardware']['cpu_count']} CPU cores, "
+        f"torch {figures['hardware']['torch']}, GPU: {figures['hardware']['cuda'] or 'none'}.",
+        "",
+        "Validation curve (full 320x240 frames):",
+        "",
+        "| epoch | train loss | keypoint px | ACC5 | ADD5 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in curve:
+        lines.append(
+            f"| {row['epoch']} | {float(row['train_loss']):.4f} | {float(row['keypoint_px']):.2f} | "
+            f"{float(row['ACC5']):.1f} | {float(row['ADD5']):.1f} |"
+        )
+    timings = figures["estimator_ms_cpu_batch1"]
+    lines += [
+        "",
+        "## Inference time",
+        "",
+        "PoseEstimator per 320x240 frame, batch 1, this CPU (median ms): "
+        + ", ".join(f"{k} {v}" for k, v in timings.items()),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""The shipped checkpoints: present, small, loadable by default, and `drone-pose eval` reproduces
+their model cards' figures on the held-out set (its first images, re-rendered here from the seed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from drone_pose.checkpoint import SHIPPED_CHECKPOINTS, default_checkpoint
+from drone_pose.data.generate import generate_dataset
+from drone_pose.estimator import PoseEstimator
+from drone_pose.evaluate import evaluate_checkpoint
+
+MAX_BYTES = 10 * 1024 * 1024
+
+
+def card_figures(drone: str) -> dict:
+    return json.loads(default_checkpoint(drone).with_suffix(".json").read_text())
+
+
+@pytest.mark.parametrize("drone", sorted(SHIPPED_CHECKPOINTS))
+def test_checkpoint_ships_with_its_model_card(drone):
+    path = default_checkpoint(drone)
+    assert path.stat().st_size < MAX_BYTES
+    card = path.with_suffix(".md").read_text()
+    assert "Held-out synthetic test set" in card
+    assert f"# Model card: `{path.name}`" in card
+    figures = card_figures(drone)
+    assert figures["drone"] == drone
+    assert figures["heldout"]["samples"] >= 1000
+    estimator = PoseEstimator.from_checkpoint(drone=drone, device="cpu", warm_up=False)
+    assert estimator.description["drone"]["name"] == drone
+    assert estimator.description["path"] == str(path)
+
+
+@pytest.mark.parametrize("drone", sorted(SHIPPED_CHECKPOINTS))
+def test_eval_reproduces_the_model_card(drone, tmp_path):
+    figures = card_figures(drone)
+    command = figures["heldout"]["command"].split()
+    seed = int(command[command.index("--seed") + 1])
+    check = figures["check"]
+    data = tmp_path / "heldout"
+    generate_dataset(drone, check["samples"], data, seed=seed, workers=1, fractions=(0, 0, 1), progress=False)
+    summary = evaluate_checkpoint(default_checkpoint(drone), data, "test", device="cpu")
+    assert summary["samples"] == check["samples"]
+    for key, value in check["metrics"].items():
+        assert summary["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
