@@ -69,7 +69,7 @@ def null_space_basis(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> T
     )
     _, Z = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))
     basis = torch.stack((Pu @ Z, Pv @ Z, Z), dim=2).reshape(A.shape[0], 12, 4)
-    return basis / basis.norm(dim=1, keepdim=True)
+    return basis * torch.rsqrt((basis * basis).sum(1, keepdim=True))
 
 
 def _kernel_pair_differences(kernel: Tensor) -> Tensor:
@@ -155,15 +155,21 @@ def _refine_betas(betas: Tensor, L: Tensor, rho: Tensor, steps: int = BETA_GAUSS
 def kabsch(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     """Rotation R [B,3,3] and translation t [B,3] minimising sum ||R source + t - target||^2.
 
-    source, target [B,N,3]. SVD of the 3x3 cross-covariance (differentiable while its singular
-    values are distinct); written out because roma's registration is ~10x slower on small batches.
+    source, target [B,N,3]. With the cross-covariance C = U S V^T, R = U diag(d, 1, 1) V^T
+    (singular values ascending, d = +-1 so that det R = 1). V and S^2 come from the symmetric 3x3
+    eigenproblem of C^T C (about 3x faster than a batched 3x3 SVD on CPU); U's two leading columns
+    are C v / s and the third is their cross product, which also makes R proper when the points are
+    planar (smallest s = 0). Differentiable while the singular values are distinct.
     """
     source_mean, target_mean = source.mean(1, keepdim=True), target.mean(1, keepdim=True)
     covariance = (target - target_mean).transpose(1, 2) @ (source - source_mean)
-    U, _, Vh = torch.linalg.svd(covariance)
-    sign = torch.linalg.det(U @ Vh)
-    D = torch.diag_embed(torch.stack((torch.ones_like(sign), torch.ones_like(sign), sign), dim=-1))
-    R = U @ D @ Vh
+    eigenvalues, V = torch.linalg.eigh(covariance.transpose(1, 2) @ covariance)  # ascending
+    tiny = torch.finfo(covariance.dtype).tiny
+    CV = covariance @ V  # columns s_i u_i
+    u1 = CV[..., 1] * torch.rsqrt(eigenvalues[:, 1:2].clamp_min(tiny))
+    u2 = CV[..., 2] * torch.rsqrt(eigenvalues[:, 2:3].clamp_min(tiny))
+    u0 = torch.linalg.cross(u1, u2, dim=-1) * torch.linalg.det(V).unsqueeze(-1)
+    R = torch.stack((u0, u1, u2), dim=-1) @ V.transpose(1, 2)
     return R, (target_mean - source_mean @ R.transpose(1, 2)).squeeze(1)
 
 
