@@ -72,27 +72,39 @@ def null_space_basis(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> T
     return basis * torch.rsqrt((basis * basis).sum(1, keepdim=True))
 
 
+def _pair_difference_matrix(like: Tensor) -> Tensor:
+    """[6,4] rows e_a - e_b for the control-point pairs (a, b) of PAIRS."""
+    matrix = torch.zeros(6, 4, dtype=like.dtype, device=like.device)
+    for row, (a, b) in enumerate(PAIRS):
+        matrix[row, a], matrix[row, b] = 1.0, -1.0
+    return matrix
+
+
+def _monomial_selection(like: Tensor) -> Tensor:
+    """[16,10]: flattened 4x4 dot products -> L's columns (off-diagonal products counted twice)."""
+    selection = torch.zeros(16, 10, dtype=like.dtype, device=like.device)
+    for column, (i, j) in enumerate(zip(_MONOMIAL_I, _MONOMIAL_J, strict=True)):
+        selection[4 * i + j, column] = 1.0 if i == j else 2.0
+    return selection
+
+
 def _kernel_pair_differences(kernel: Tensor) -> Tensor:
     """Differences between control points of each kernel vector: [B,12,4] -> [B,6,4,3]."""
     points = kernel.transpose(-1, -2).reshape(kernel.shape[0], 4, 4, 3)  # [B, vector, control, xyz]
-    a = torch.tensor([p[0] for p in PAIRS], device=kernel.device)
-    b = torch.tensor([p[1] for p in PAIRS], device=kernel.device)
-    return (points[:, :, a] - points[:, :, b]).transpose(1, 2)  # [B,6,vector,3]
+    differences = points.transpose(-1, -2) @ _pair_difference_matrix(kernel).T  # [B, vector, xyz, pair]
+    return differences.permute(0, 3, 1, 2)  # [B,6,vector,3]
 
 
 def _distance_system(kernel: Tensor, control: Tensor) -> tuple[Tensor, Tensor]:
     """L [B,6,10] and rho [B,6] of EPnP: L beta~ = rho with beta~ the quadratic beta monomials.
 
-    Column order of L: b11, b12, b22, b13, b23, b33, b14, b24, b34, b44.
+    Column order of L: b11, b12, b22, b13, b23, b33, b14, b24, b34, b44. Selections and pair
+    differences are small matrix products (cheaper than gathers on CPU batches).
     """
     dv = _kernel_pair_differences(kernel)  # [B,6,4,3]
     dot = dv @ dv.transpose(-1, -2)  # [B,6,4,4]
-    i = torch.tensor(_MONOMIAL_I, device=kernel.device)
-    j = torch.tensor(_MONOMIAL_J, device=kernel.device)
-    L = dot[..., i, j] * (2.0 - (i == j).to(dot.dtype))
-    a = torch.tensor([p[0] for p in PAIRS], device=kernel.device)
-    b = torch.tensor([p[1] for p in PAIRS], device=kernel.device)
-    rho = ((control[:, a] - control[:, b]) ** 2).sum(-1)
+    L = dot.flatten(-2) @ _monomial_selection(kernel)
+    rho = ((_pair_difference_matrix(control) @ control) ** 2).sum(-1)
     return L, rho
 
 
@@ -145,7 +157,7 @@ def _refine_betas(betas: Tensor, L: Tensor, rho: Tensor, steps: int = BETA_GAUSS
     onehot_i = torch.nn.functional.one_hot(i, 4).to(betas.dtype)  # [10,4]
     onehot_j = torch.nn.functional.one_hot(j, 4).to(betas.dtype)
     for _ in range(steps):
-        bi, bj = betas[:, i], betas[:, j]  # [B,10]
+        bi, bj = betas @ onehot_i.T, betas @ onehot_j.T  # [B,10] = betas[:, i], betas[:, j]
         error = rho - (L @ (bi * bj).unsqueeze(-1)).squeeze(-1)  # [B,6]
         d_monomials = bj.unsqueeze(-1) * onehot_i + bi.unsqueeze(-1) * onehot_j  # [B,10,4]
         betas = betas + _least_squares(L @ d_monomials, error)

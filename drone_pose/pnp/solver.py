@@ -101,7 +101,8 @@ def levenberg_marquardt(
     state = pack(R, t, cost_derivatives(*inputs, R, t, huber, exact_hessian))
     result = state.clone()
     index = torch.arange(batch, device=x2d.device)
-    damping = torch.full((batch,), 1e-3, dtype=x2d.dtype, device=x2d.device)
+    # small initial damping: the EPnP start is close, so the first steps are (nearly) Newton steps
+    damping = torch.full((batch,), 1e-6, dtype=x2d.dtype, device=x2d.device)
     done_all = torch.zeros(batch, dtype=torch.bool, device=x2d.device)
     done = ~torch.isfinite(state[:, 12])
     iterations = 0
