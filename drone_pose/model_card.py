@@ -37,7 +37,7 @@ def estimator_latency_ms(checkpoint: str | Path, repeats: int = 30) -> dict[str,
     K = np.array([[252.7, 0.0, 160.0], [0.0, 252.7, 120.0], [0.0, 0.0, 1.0]])
     stages: dict[str, list[float]] = {}
     for _ in range(repeats):
-        for key, value in estimator.estimate(image, K).timings.items():
+        for key, value in estimator.estimate(image, K).timings_ms.items():
             stages.setdefault(key, []).append(value)
     return {key: round(float(np.median(values)), 2) for key, values in stages.items()}
 
