@@ -3,6 +3,7 @@ diagnostics out, each in its own process."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -323,3 +324,56 @@ def test_compressed_transport(ros_node, flight):
     values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
     assert int(values.get("frames_processed", 0)) == 1, str(values)
     assert int(values.get("rejected_bad_image", 0)) == 1, values
+
+
+def test_a_bag_with_a_corrupt_message(ros_node, flight, tmp_path):
+    """One image message's CDR is truncated: replay skips and counts it, the tracker processes the
+    other frames, and eval-bag reports it as undecodable and scores the rest."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from drone_pose.bags.evaluate_bag import evaluate_bag
+    from drone_pose.bags.messages import TYPESTORE
+
+    node, executor = ros_node
+    bag, checkpoint, image_stamps = flight
+    damaged = tmp_path / "damaged"
+    with Reader(bag) as reader, Writer(damaged, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connections = {
+            c.id: writer.add_connection(
+                c.topic, c.msgtype, typestore=TYPESTORE, offered_qos_profiles=c.ext.offered_qos_profiles
+            )
+            for c in reader.connections
+        }
+        broken = image_stamps[3]
+        for connection, timestamp, raw in reader.messages():
+            if connection.topic == "/camera/image_raw" and timestamp == broken:
+                raw = raw[: len(raw) // 3]  # truncated CDR
+            writer.write(connections[connection.id], timestamp, raw)
+    report = evaluate_bag(damaged, checkpoint, tmp_path / "report")
+    assert report["skipped"]["undecodable"] == 1
+    assert report["frames"] == len(image_stamps) - 1
+
+    diagnostics = []
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=10))
+    tracker = start_tracker(
+        checkpoint, "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info"
+    )
+    try:
+        replay = start(
+            sys.executable, "-m", "drone_pose.cli", "replay", str(damaged),
+            "--wait-for", "/camera/image_raw", "--wait-timeout", "60",
+        )  # fmt: skip
+        assert spin_until(executor, lambda: replay.poll() is not None, timeout_s=90.0)
+        out, err = replay.communicate(timeout=10)
+        assert replay.returncode == 0, err[-2000:]
+        summary = json.loads(out)
+        assert summary["corrupt_skipped"] == {"/camera/image_raw": 1}
+        assert summary["published"]["/camera/image_raw"] == len(image_stamps) - 1
+        diagnostics.clear()
+        assert spin_until(executor, lambda: len(diagnostics) >= 1, timeout_s=5.0)
+        assert tracker.poll() is None, "the tracker died"
+    finally:
+        tracker.terminate()
+        tracker.communicate(timeout=20)
+    values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+    assert int(values["images_received"]) == len(image_stamps) - 1
