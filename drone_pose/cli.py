@@ -260,7 +260,13 @@ def _cmd_model_card(args: argparse.Namespace) -> int:
     from drone_pose.model_card import write_model_card
 
     figures = write_model_card(
-        args.checkpoint, args.run_dir, args.heldout, args.out, args.data_command, args.heldout_command
+        args.checkpoint,
+        args.run_dir,
+        args.heldout,
+        args.out,
+        args.data_command,
+        args.heldout_command,
+        note=args.note,
     )
     print(json.dumps(figures["heldout"], indent=2))
     return 0
@@ -442,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--out", required=True, help="output stem, e.g. models/checkpoints/m2ed_hrnet_lite")
     card.add_argument("--data-command", required=True, help="how the training data was rendered")
     card.add_argument("--heldout-command", required=True, help="how the held-out set was rendered")
+    card.add_argument("--note", help="free text for the card (e.g. how a multi-stage run was made)")
     card.set_defaults(run=_cmd_model_card)
 
     export = commands.add_parser("export", help="a checkpoint's heatmap model as ONNX or TorchScript")

@@ -55,6 +55,7 @@ def write_model_card(
     data_command: str,
     heldout_command: str,
     check_samples: int = 200,
+    note: str | None = None,
 ) -> dict[str, Any]:
     """Copy `checkpoint` to out_stem.pt and write out_stem.md / out_stem.json; returns the figures."""
     run_dir, out_stem = Path(run_dir), Path(out_stem)
@@ -89,6 +90,7 @@ def write_model_card(
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
         "evaluation_seconds": round(time.perf_counter() - started, 1),
+        "note": note,
     }
     out_stem.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
     out_stem.with_suffix(".md").write_text(_card_text(figures, curve, full["table"], shipped))
@@ -152,6 +154,7 @@ def _card_text(figures: dict[str, Any], curve: list[dict[str, str]], table: str,
         f"Adam lr {config['optim']['lr']} ({config['optim']['schedule']}), batch {config['batch_size']}, "
         f"{config['epochs']} epochs, training crops {config['data'].get('crop')}, seed {config['seed']}; "
         f"best epoch by {config['metric']}.",
+        *([f"- Note: {figures['note']}"] if figures.get("note") else []),
         f"- Epochs run: {figures['training']['epochs_run']}; mean time per training step "
         f"{figures['training']['seconds_per_step']} s (forward + backward + optimiser).",
         f"- Hardware: {figures['hardware']['platform']}, {figures['hardware']['cpu_count']} CPU cores, "

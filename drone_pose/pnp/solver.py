@@ -170,7 +170,7 @@ def solve_pnp(
     huber: float | None = None,
     multi_hypothesis: bool = False,
     max_iterations: int = 50,
-    tolerance: float = 1e-10,
+    tolerance: float | None = None,
 ) -> PnPResult:
     """Batched PnP: the pose camera<-object minimising the reprojection error.
 
@@ -181,9 +181,13 @@ def solve_pnp(
 
     Shapes, N < 4 and invalid K raise ValueError. Per-sample problems never produce NaN: they
     return identity/zero poses (or the best finite pose) with `status` saying why (PnPStatus).
-    Not differentiable; use `pnp_layer` for gradients.
+    Not differentiable; use `pnp_layer` for gradients. tolerance: relative step size at which a
+    pose counts as converged; default 1e-10 for float64 inputs and 1e-8 otherwise (the solver runs
+    in float64, but a float32 result cannot carry more than ~1e-7 anyway).
     """
     input_dtype = x2d.dtype
+    if tolerance is None:
+        tolerance = 1e-10 if input_dtype == torch.float64 else 1e-8
     shared_model = x3d.ndim == 2 or x3d.shape[0] == 1 or x3d.stride(0) == 0
     with torch.inference_mode():  # cheaper dispatch than no_grad; outputs are cloned out below
         x2d, x3d, K, weights = broadcast_inputs(x2d, x3d, K, weights)
