@@ -44,5 +44,9 @@ def test_eval_reproduces_the_model_card(drone, tmp_path):
     generate_dataset(drone, check["samples"], data, seed=seed, workers=1, fractions=(0, 0, 1), progress=False)
     summary = evaluate_checkpoint(default_checkpoint(drone), data, "test", device="cpu")
     assert summary["samples"] == check["samples"]
+    one_sample = 100.0 / check["samples"] + 1e-9  # percentages: at most one sample may flip
     for key, value in check["metrics"].items():
-        assert summary["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-6), key
+        if key in ("NPE", "AD", "keypoint_px"):  # means; NPE is dominated by a few far-off solutions
+            assert summary["metrics"][key] == pytest.approx(value, rel=1e-3), key
+        else:
+            assert summary["metrics"][key] == pytest.approx(value, abs=one_sample), key

@@ -73,8 +73,10 @@ def heatmap_overfit(tiny_data, tmp_path_factory):
     overrides = [
         "epochs=500",
         "optim.lr=3e-3",
+        "optim.schedule=cosine",  # a step size that shrinks at the end: the last epochs settle
         "data.augment=false",
         "loss.heatmap=mse",
+        "loss.foreground_weight=3",
         "data.val_split=train",
         "metric=keypoint_px",
     ]
@@ -82,7 +84,8 @@ def heatmap_overfit(tiny_data, tmp_path_factory):
 
 
 def test_heatmap_loss_overfits_a_few_images(heatmap_overfit):
-    """l_h (MSE) on 4 images: keypoint error on the training set below 1 px, loss falling at the end."""
+    """l_h (foreground-weighted MSE, cosine lr) on 4 images: keypoint error on the training set below
+    1 px, loss falling monotonically over the last epochs."""
     out, summary = heatmap_overfit
     assert summary["history"][-1]["keypoint_px"] < 1.0
     tail = losses(summary)[-10:]
@@ -102,7 +105,7 @@ def test_pose_loss_fine_tunes_through_bpnp_and_overfits(heatmap_overfit, tiny_da
     overrides = [
         f"init={out / 'heatmap' / 'best.pt'}",
         "epochs=60",
-        "optim.lr=1e-4",
+        "optim.lr=5e-5",
         "optim.schedule=cosine",
         "data.augment=false",
         "loss.kind=pose",
