@@ -15,7 +15,6 @@ import csv
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from drone_pose.geometry.metrics import pose_errors, summarize_errors
 from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
 from drone_pose.reports import markdown_table
 from drone_pose.ros.launch_plan import fastdds_profile
+from drone_pose.ros.launcher import stop_process
 from drone_pose.ros.qos import tf_qos
 
 RECORDED = {
@@ -145,12 +145,7 @@ def record_tracker(
             executor.spin_once(timeout_sec=0.02)
     finally:
         for process in (tracker, replay):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_process(process)
         executor.shutdown()
         node.destroy_node()
         context.try_shutdown()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from drone_pose.bags.evaluate_bag import read_frames
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
 from drone_pose.ros.image_conversions import numpy_to_image
 from drone_pose.ros.launch_plan import fastdds_profile
+from drone_pose.ros.launcher import stop_process
 from drone_pose.ros.qos import sensor_data_qos
 
 TREND_WINDOW_S = 10.0
@@ -125,11 +125,7 @@ def run_latency_benchmark(
         _spin_for(executor, 2.0)  # the last poses and one more diagnostics message
         memory_end = resident_memory_mb(tracker.pid)
     finally:
-        tracker.send_signal(signal.SIGINT)
-        try:
-            tracker.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            tracker.kill()
+        stop_process(tracker)
         executor.shutdown()
         node.destroy_node()
         context.try_shutdown()

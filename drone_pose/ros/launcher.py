@@ -32,6 +32,18 @@ def start_node(node: NodeLaunch, environment: dict[str, str]) -> subprocess.Pope
     )
 
 
+def stop_process(process: subprocess.Popen | None, timeout_s: float = 15.0) -> None:
+    """SIGINT a child that is still running (a ROS node shuts down cleanly), kill it after timeout_s."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _forward_output(name: str, process: subprocess.Popen, write: Callable[[str], None]) -> None:
     for line in process.stdout:
         write(f"[{name}] {line.rstrip()}")
