@@ -44,13 +44,12 @@ def control_points_and_alphas(x3d: Tensor, point_weights: Tensor) -> tuple[Tenso
     return control, alphas
 
 
-def null_space_basis(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> Tensor:
-    """Basis [B,12,4] (unit columns, best first) of the near-null space of EPnP's 2N x 12 system.
+def _schur_system(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """EPnP's 2N x 12 system reduced to the control-point depths Z: S [B,4,4], P_u and P_v [B,4,4].
 
     alphas [B,N,4]; x, y [B,N] normalised image coordinates; weights [B,N,2]. The rows of the system
     are w_u (a.X - u a.Z) and w_v (a.Y - v a.Z) for control-point coordinates X, Y, Z [4].
-    X = P_u Z and Y = P_v Z minimise them for given Z; the Schur complement S [B,4,4] is the cost
-    left in Z, and its eigenvectors (ascending) give the basis, interleaved per control point.
+    X = P_u Z and Y = P_v Z minimise them for given Z; the Schur complement S is the cost left in Z.
     """
     wu, wv = weights[..., 0:1] ** 2, weights[..., 1:2] ** 2
     A = alphas
@@ -67,9 +66,47 @@ def null_space_basis(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> T
         + Dv.transpose(1, 2) @ (wv * Dv)
         - Bv.transpose(1, 2) @ Pv
     )
-    _, Z = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))
-    basis = torch.stack((Pu @ Z, Pv @ Z, Z), dim=2).reshape(A.shape[0], 12, 4)
+    return 0.5 * (S + S.transpose(1, 2)), Pu, Pv
+
+
+def _shared_schur_system(alphas: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`_schur_system` for one shared object (alphas [N,4]) and equal weights on every point.
+
+    Then W = w^2 I cancels from P_u, P_v and only scales S, and with the projector Pi onto the
+    columns of A, S = D_u^T (I - Pi) D_u + D_v^T (I - Pi) D_v and P_u = (A^T A)^-1 A^T D_u are
+    fixed linear maps of x x^T, y y^T and x, y: two small matrix products for the whole batch.
+    """
+    count = alphas.shape[0]
+    eye = torch.eye(count, dtype=alphas.dtype, device=alphas.device)
+    pseudo_inverse = torch.linalg.pinv(alphas)  # [4,N] = (A^T A)^-1 A^T
+    residual_projector = eye - alphas @ pseudo_inverse  # [N,N]
+    # P[i,j] = sum_k pinv[i,k] x_k A[k,j];  S[i,j] = sum_kl x_k x_l A[k,i] (I - Pi)[k,l] A[l,j]
+    p_map = (pseudo_inverse.T.unsqueeze(-1) * alphas.unsqueeze(1)).reshape(count, 16)
+    s_map = (
+        alphas[:, None, :, None] * residual_projector[:, :, None, None] * alphas[None, :, None, :]
+    ).reshape(count * count, 16)
+    coordinates = torch.cat((x, y))  # [2B,N]
+    P = (coordinates @ p_map).view(-1, 4, 4)
+    outer = (coordinates.unsqueeze(-1) * coordinates.unsqueeze(-2)).flatten(1)
+    S_uv = (outer @ s_map).view(2, -1, 4, 4)
+    S = S_uv[0] + S_uv[1]
+    batch = x.shape[0]
+    return 0.5 * (S + S.transpose(1, 2)), P[:batch], P[batch:]
+
+
+def _basis_from_depths(Z: Tensor, Pu: Tensor, Pv: Tensor) -> Tensor:
+    """Control-point basis [B,12,4] (unit columns; x, y, z per point) from depth vectors Z [B,4,4]."""
+    basis = torch.stack((Pu @ Z, Pv @ Z, Z), dim=2).reshape(Z.shape[0], 12, 4)
     return basis * torch.rsqrt((basis * basis).sum(1, keepdim=True))
+
+
+def null_space_basis(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> Tensor:
+    """Basis [B,12,4] (unit columns, best first) of the near-null space of EPnP's 2N x 12 system.
+
+    The eigenvectors of the Schur complement (ascending eigenvalues) give the depths of each column.
+    """
+    S, Pu, Pv = _schur_system(alphas, x, y, weights)
+    return _basis_from_depths(torch.linalg.eigh(S)[1], Pu, Pv)
 
 
 def _pair_difference_matrix(like: Tensor) -> Tensor:
@@ -88,32 +125,33 @@ def _monomial_selection(like: Tensor) -> Tensor:
     return selection
 
 
-def _kernel_pair_differences(kernel: Tensor) -> Tensor:
-    """Differences between control points of each kernel vector: [B,12,4] -> [B,6,4,3]."""
-    points = kernel.transpose(-1, -2).reshape(kernel.shape[0], 4, 4, 3)  # [B, vector, control, xyz]
-    differences = points.transpose(-1, -2) @ _pair_difference_matrix(kernel).T  # [B, vector, xyz, pair]
-    return differences.permute(0, 3, 1, 2)  # [B,6,vector,3]
-
-
 def _distance_system(kernel: Tensor, control: Tensor) -> tuple[Tensor, Tensor]:
     """L [B,6,10] and rho [B,6] of EPnP: L beta~ = rho with beta~ the quadratic beta monomials.
 
-    Column order of L: b11, b12, b22, b13, b23, b33, b14, b24, b34, b44. Selections and pair
-    differences are small matrix products (cheaper than gathers on CPU batches).
+    Column order of L: b11, b12, b22, b13, b23, b33, b14, b24, b34, b44. The control-point pair
+    differences of all kernel vectors are one matrix product over the whole batch, and the dot
+    products of those differences pass through a fixed selection matrix: no per-sample tiny
+    matrix products (those dominate on CPU batches). rho is computed once for a shared object.
     """
-    dv = _kernel_pair_differences(kernel)  # [B,6,4,3]
-    dot = dv @ dv.transpose(-1, -2)  # [B,6,4,4]
-    L = dot.flatten(-2) @ _monomial_selection(kernel)
-    rho = ((_pair_difference_matrix(control) @ control) ** 2).sum(-1)
+    batch = kernel.shape[0]
+    pairs = _pair_difference_matrix(kernel)
+    points = kernel.reshape(batch, 4, 12).transpose(0, 1).reshape(4, batch * 12)  # [control, B*(xyz, vector)]
+    differences = (pairs @ points).view(6, batch, 3, 4)
+    dot = (differences.unsqueeze(-1) * differences.unsqueeze(-2)).sum(2)  # [6,B,4,4]
+    L = (dot.view(6 * batch, 16) @ _monomial_selection(kernel)).view(6, batch, 10).transpose(0, 1)
+    unique_control = control[:1] if control.stride(0) == 0 else control
+    rho = ((pairs @ unique_control) ** 2).sum(-1).expand(batch, 6)
     return L, rho
 
 
 def _least_squares(A: Tensor, y: Tensor) -> Tensor:
     """Batched least squares min ||A x - y|| through the normal equations: A [B,6,k], y [B,6]."""
-    normal = A.transpose(-1, -2) @ A
+    k = A.shape[-1]
+    products = A.transpose(-1, -2) @ torch.cat((A, y.unsqueeze(-1)), -1)  # [A^T A | A^T y]
+    normal, rhs = products[..., :k], products[..., k:]
     ridge = 1e-12 * normal.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
-    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    return torch.linalg.solve(normal + ridge * eye, (A.transpose(-1, -2) @ y.unsqueeze(-1))).squeeze(-1)
+    eye = torch.eye(k, dtype=A.dtype, device=A.device)
+    return torch.linalg.solve(normal + ridge * eye, rhs).squeeze(-1)
 
 
 def _signed_sqrt_pair(b11: Tensor, b22: Tensor, b12: Tensor) -> tuple[Tensor, Tensor]:
@@ -158,9 +196,10 @@ def _refine_betas(betas: Tensor, L: Tensor, rho: Tensor, steps: int = BETA_GAUSS
     onehot_j = torch.nn.functional.one_hot(j, 4).to(betas.dtype)
     for _ in range(steps):
         bi, bj = betas @ onehot_i.T, betas @ onehot_j.T  # [B,10] = betas[:, i], betas[:, j]
-        error = rho - (L @ (bi * bj).unsqueeze(-1)).squeeze(-1)  # [B,6]
         d_monomials = bj.unsqueeze(-1) * onehot_i + bi.unsqueeze(-1) * onehot_j  # [B,10,4]
-        betas = betas + _least_squares(L @ d_monomials, error)
+        # one product for the Jacobian L dm/dbeta [B,6,4] and the fitted distances L m [B,6]
+        products = L @ torch.cat((d_monomials, (bi * bj).unsqueeze(-1)), -1)
+        betas = betas + _least_squares(products[..., :4], rho - products[..., 4])
     return betas
 
 
@@ -249,3 +288,86 @@ def epnp(
         return all_R[index, best], all_t[index, best], all_R, all_t
     chosen = points_cam if n == 1 else points_cam.view(n, batch, count, 3).transpose(0, 1)[index, best]
     return kabsch(x3d, chosen)
+
+
+def _smallest_eigenvector(S: Tensor, iterations: int = 3) -> Tensor:
+    """Unit eigenvector [B,4] of the smallest eigenvalue of symmetric PSD S [B,4,4], by inverse iteration.
+
+    The Schur complement's smallest eigenvalue is at the noise level and well below the others, so
+    a few multiplications by the (ridged) inverse converge; 4x cheaper than a batched eigh on CPU.
+    """
+    eye = torch.eye(4, dtype=S.dtype, device=S.device)
+    ridge = 1e-12 * S.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None] + torch.finfo(S.dtype).tiny
+    inverse = torch.linalg.inv_ex(S + ridge * eye).inverse
+    vector = inverse.sum(-1)  # inverse applied to (1, 1, 1, 1)
+    for _ in range(iterations):
+        vector = vector * torch.rsqrt((vector * vector).sum(-1, keepdim=True))
+        vector = (inverse @ vector.unsqueeze(-1)).squeeze(-1)
+    return vector * torch.rsqrt((vector * vector).sum(-1, keepdim=True))
+
+
+def _householder_basis(vector: Tensor) -> Tensor:
+    """Orthonormal basis [B,4,4] whose first column is +-vector [B,4] (unit), by a Householder reflection."""
+    sign = torch.where(vector[:, :1] < 0, -1.0, 1.0).to(vector.dtype)
+    w = vector.clone()
+    w[:, :1] = w[:, :1] + sign
+    w = w * torch.rsqrt((w * w).sum(-1, keepdim=True))
+    return torch.eye(4, dtype=vector.dtype, device=vector.device) - 2.0 * w.unsqueeze(-1) * w.unsqueeze(-2)
+
+
+def _rotation_from_control_points(control_cam: Tensor, axes: Tensor) -> Tensor:
+    """Rotation [B,3,3] mapping the object's principal axes onto the camera-frame control points.
+
+    control_cam [B,4,3] (centroid, then the ends of the scaled principal axes, ascending spread);
+    axes [B,3,3] the object's unit principal axes as columns. The two widest axes fix the rotation
+    (the third may be flat for planar objects): they are orthonormalised symmetrically, and the
+    third follows from their cross product, so the result is always a proper rotation.
+    """
+    a1, a2 = control_cam[:, 2] - control_cam[:, 0], control_cam[:, 3] - control_cam[:, 0]
+    a1 = a1 * torch.rsqrt((a1 * a1).sum(-1, keepdim=True))
+    a2 = a2 * torch.rsqrt((a2 * a2).sum(-1, keepdim=True))
+    bisector, other = a1 + a2, a1 - a2  # orthogonal; rotate both halves back to 45 degrees
+    bisector = bisector * torch.rsqrt((bisector * bisector).sum(-1, keepdim=True))
+    other = other * torch.rsqrt((other * other).sum(-1, keepdim=True))
+    m1, m2 = (bisector + other) * 0.5**0.5, (bisector - other) * 0.5**0.5
+    m0 = torch.linalg.cross(m1, m2, dim=-1) * torch.linalg.det(axes).unsqueeze(-1)
+    return torch.stack((m0, m1, m2), dim=-1) @ axes.transpose(-1, -2)
+
+
+def epnp_start(
+    x2d: Tensor, x3d: Tensor, K: Tensor, weights: Tensor, beta_steps: int = 2
+) -> tuple[Tensor, Tensor]:
+    """A cheap EPnP pose (R [B,3,3], t [B,3]) to start an iterative solver; not differentiable.
+
+    Inputs as broadcast by `broadcast_inputs` (x2d [B,N,2] px, x3d [B,N,3] m, K [B,3,3], weights
+    [B,N,2]). The same Schur-complement system and linearised kernel-dimension-4 betas as `epnp`,
+    with two shortcuts that leave the refined optimum unchanged: the null-space basis is the
+    smallest Schur eigenvector (inverse iteration) completed by a Householder reflection, since the
+    betas span all four directions anyway; and the rotation is read from the camera-frame control
+    points instead of a Kabsch alignment of all points.
+    """
+    batch, count = x2d.shape[:2]
+    shared_model = x3d.stride(0) == 0 or batch == 1
+    point_weights = weights.mean(-1)
+    if shared_model and bool((point_weights > 0).all()):
+        control, alphas = control_points_and_alphas(x3d[:1], point_weights[:1])  # once for the whole batch
+        control, alphas = control.expand(batch, 4, 3), alphas.expand(batch, count, 4)
+    else:
+        control, alphas = control_points_and_alphas(x3d, point_weights)
+    axes = (control[:, 1:] - control[:, :1]).transpose(-1, -2)  # columns: principal axes, scaled
+    axes = axes * torch.rsqrt((axes * axes).sum(-2, keepdim=True))
+    y = (x2d[..., 1] - K[:, None, 1, 2]) / K[:, None, 1, 1]
+    x = (x2d[..., 0] - K[:, None, 0, 2] - K[:, None, 0, 1] * y) / K[:, None, 0, 0]
+    uniform = bool((weights == weights[:1, :1, :1]).all())
+    if shared_model and uniform:
+        S, Pu, Pv = _shared_schur_system(alphas[0], x, y)
+    else:
+        S, Pu, Pv = _schur_system(alphas, x, y, weights)
+    kernel = _basis_from_depths(_householder_basis(_smallest_eigenvector(S)), Pu, Pv)
+    L, rho = _distance_system(kernel, control)
+    betas = _refine_betas(_initial_betas(L, rho, all_candidates=False)[0], L, rho, beta_steps)
+    control_cam = (kernel @ betas.unsqueeze(-1)).reshape(batch, 4, 3)
+    in_front = (alphas @ control_cam)[..., 2].mean(-1) >= 0
+    control_cam = torch.where(in_front[:, None, None], control_cam, -control_cam)
+    R = _rotation_from_control_points(control_cam, axes)
+    return R, control_cam[:, 0] - (R @ control[:, 0].unsqueeze(-1)).squeeze(-1)

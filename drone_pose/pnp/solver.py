@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from drone_pose.pnp.epnp import epnp
+from drone_pose.pnp.epnp import epnp, epnp_start
 from drone_pose.pnp.projection import MIN_POINTS, apply_update, broadcast_inputs, cost_derivatives
 from drone_pose.pnp.result import PnPResult, PnPStatus
 
@@ -29,7 +29,8 @@ def _safe_problem(count: int, K: Tensor) -> tuple[Tensor, Tensor]:
 
 def _input_status(x2d: Tensor, x3d: Tensor, weights: Tensor, shared_model: bool) -> Tensor:
     """Per-sample status from the inputs alone: NON_FINITE_INPUT, DEGENERATE_POINTS or CONVERGED."""
-    finite = torch.isfinite(x2d).flatten(1).all(1) & torch.isfinite(x3d).flatten(1).all(1)
+    model = x3d[:1] if shared_model else x3d
+    finite = torch.isfinite(x2d).flatten(1).all(1) & torch.isfinite(model).flatten(1).all(1)
     finite &= torch.isfinite(weights).flatten(1).all(1)
     status = torch.full(finite.shape, int(PnPStatus.CONVERGED), dtype=torch.int64, device=x2d.device)
     status[~finite] = int(PnPStatus.NON_FINITE_INPUT)
@@ -52,6 +53,25 @@ def _degenerate(x3d: Tensor, used: Tensor) -> Tensor:
     return (count.squeeze(-1) < MIN_POINTS) | collinear | (spread[:, 2] <= 0)
 
 
+def _newton_hessian(exact: Tensor) -> tuple[Tensor, Tensor]:
+    """The Hessian for Newton steps [B,6,6] and a mask [B] where the exact Hessian is positive definite.
+
+    Where the exact Hessian is indefinite (near saddles and far from the optimum) it is shifted by
+    1.5 times its most negative eigenvalue: a descent direction that, unlike a Gauss-Newton step,
+    still sees the negative curvature, so the solver leaves saddle regions in a few steps instead
+    of crawling. Eigenvalues are computed only for those samples.
+    """
+    positive = torch.linalg.cholesky_ex(exact).info == 0
+    if bool(positive.all()):
+        return exact, positive
+    indefinite = torch.nonzero(~positive).squeeze(1)
+    lowest = torch.linalg.eigvalsh(exact[indefinite])[:, 0]
+    trace = exact[indefinite].diagonal(dim1=-2, dim2=-1).sum(-1)
+    shift = torch.zeros(exact.shape[0], dtype=exact.dtype, device=exact.device)
+    shift[indefinite] = -1.5 * lowest.clamp_max(0.0) + 1e-9 * trace.abs()
+    return exact + shift[:, None, None] * torch.eye(6, dtype=exact.dtype, device=exact.device), positive
+
+
 def levenberg_marquardt(
     x2d: Tensor,
     x3d: Tensor,
@@ -62,31 +82,38 @@ def levenberg_marquardt(
     huber: float | None,
     max_iterations: int,
     tolerance: float,
-    exact_hessian: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int]:
     """Refine poses R [B,3,3], t [B,3] by damped Newton steps on the robust reprojection cost.
 
-    exact_hessian=False uses Gauss-Newton steps throughout (5x cheaper derivatives; linear
-    convergence at a rate set by the residuals, fast for small-residual problems).
-
-    The exact Hessian is used wherever it is positive definite (quadratic convergence, also for
-    large-residual problems where Gauss-Newton crawls), the Gauss-Newton one elsewhere; an LM
-    damping term and cost-decrease acceptance keep steps safe. Finished samples leave the working
-    set, so a few slow problems do not keep the whole batch busy. Returns R, t, cost [B], the
-    Gauss-Newton Hessian at the result [B,6,6], a done mask [B], depths [B,N] and the iterations.
+    Newton steps use the exact Hessian (quadratic convergence, also for large-residual problems
+    where Gauss-Newton crawls; see `_newton_hessian` where it is indefinite), with Marquardt
+    damping on the Gauss-Newton diagonal and cost-decrease acceptance. A rejected step from a
+    nearly undamped start jumps to damping 1e-2 at once (the quadratic model was far off).
+    Finished samples leave the working set, so a few slow problems do not keep the whole batch
+    busy. Returns R, t, cost [B], the Gauss-Newton Hessian at the result [B,6,6], a done mask [B],
+    depths [B,N] and the iterations.
     """
     batch, count = x2d.shape[:2]
-    layout = (9, 3, 1, 6, 36, 36, count)  # R, t, cost, gradient, Gauss-Newton and exact Hessians, depths
+    layout = (9, 3, 1, 6, 36, 36, count, 1)  # R, t, cost, gradient, GN and exact Hessians, depths, last step
 
-    def pack(R: Tensor, t: Tensor, derivatives: tuple[Tensor, ...]) -> Tensor:
+    def pack(R: Tensor, t: Tensor, derivatives: tuple[Tensor, ...], step_norm: Tensor) -> Tensor:
         cost, gradient, gauss_newton, exact, depth, _ = derivatives
-        exact = gauss_newton if exact is None else exact
         return torch.cat(
-            (R.flatten(1), t, cost[:, None], gradient, gauss_newton.flatten(1), exact.flatten(1), depth), 1
+            (
+                R.flatten(1),
+                t,
+                cost[:, None],
+                gradient,
+                gauss_newton.flatten(1),
+                exact.flatten(1),
+                depth,
+                step_norm[:, None],
+            ),
+            1,
         )
 
     def unpack(state: Tensor) -> list[Tensor]:
-        R, t, cost, gradient, gauss_newton, exact, depth = state.split(layout, dim=1)
+        R, t, cost, gradient, gauss_newton, exact, depth, step_norm = state.split(layout, dim=1)
         return [
             R.view(-1, 3, 3),
             t,
@@ -95,10 +122,11 @@ def levenberg_marquardt(
             gauss_newton.view(-1, 6, 6),
             exact.view(-1, 6, 6),
             depth,
+            step_norm[:, 0],
         ]
 
     inputs = [x2d, x3d, K, weights]
-    state = pack(R, t, cost_derivatives(*inputs, R, t, huber, exact_hessian))
+    state = pack(R, t, cost_derivatives(*inputs, R, t, huber, True), torch.zeros_like(t[:, 0]))
     result = state.clone()
     index = torch.arange(batch, device=x2d.device)
     # small initial damping: the EPnP start is close, so the first steps are (nearly) Newton steps
@@ -107,37 +135,42 @@ def levenberg_marquardt(
     done = ~torch.isfinite(state[:, 12])
     iterations = 0
     for iterations in range(1, max_iterations + 1):
-        R, t, cost, gradient, gauss_newton, exact, _ = unpack(state)
-        if exact_hessian:
-            positive = torch.linalg.cholesky_ex(exact).info == 0
-            H = exact if bool(positive.all()) else torch.where(positive[:, None, None], exact, gauss_newton)
-        else:
-            positive, H = torch.zeros_like(done), gauss_newton  # no quadratic-convergence shortcut
+        R, t, cost, gradient, gauss_newton, exact, _, last_step = unpack(state)
+        H, positive = _newton_hessian(exact)
         system = H + torch.diag_embed(
             damping[:, None] * gauss_newton.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)
         )
         step = -torch.linalg.solve_ex(system, gradient.unsqueeze(-1))[0].squeeze(-1)
         # A nearly undamped step below tolerance: the current pose is the optimum already.
         scale = t.norm(dim=-1) + 1.0
-        small_step = step.norm(dim=-1) <= tolerance * scale
+        step_norm = step.norm(dim=-1)
+        small_step = step_norm <= tolerance * scale
         done = done | (small_step & (damping <= 1e-2))
         step = torch.where(done.unsqueeze(-1) | ~torch.isfinite(step), 0.0, step)
         R_new, t_new = apply_update(R, t, step)
-        candidate = pack(R_new, t_new, cost_derivatives(*inputs, R_new, t_new, huber, exact_hessian))
+        candidate = pack(R_new, t_new, cost_derivatives(*inputs, R_new, t_new, huber, True), step_norm)
         cost_new = candidate[:, 12]
         # Near the optimum a Newton step changes the cost by less than its rounding: allow that slack.
         accept = (cost_new <= cost + 1e-12 * cost.abs()) & torch.isfinite(cost_new) & ~done
         state = torch.where(accept[:, None], candidate, state)
-        # An accepted, undamped exact-Newton step below sqrt(tolerance) leaves an error of order
-        # tolerance (quadratic convergence): done without another iteration to confirm it.
-        newton_converged = (
-            accept & positive & (damping <= 1e-6) & (step.norm(dim=-1) <= tolerance**0.5 * scale)
+        # After an accepted exact-Newton step of relative size s with damping lambda, the error left
+        # is about lambda s (the damped step falls short by that fraction) + C s^2 (quadratic
+        # convergence), with the rate C ~ s / s_prev over two such steps in a row (else C = 1).
+        # Done without another iteration to confirm it when that is below tolerance.
+        newton = accept & positive & (damping <= 1e-3)
+        relative_step = step_norm / scale
+        quadratic = relative_step.square() * torch.where(
+            last_step > 0, (relative_step / last_step.square().clamp_min(1e-300)).clamp_max(1.0), 1.0
         )
+        newton_converged = newton & (damping * relative_step + quadratic <= tolerance)
         done = done | (small_step & accept) | newton_converged | (damping >= 1e12)
-        damping = torch.where(accept, damping * 0.1, damping * 10.0).clamp(1e-15, 1e12)
+        rejected_damping = (damping * 10.0).clamp_min(1e-2)
+        damping = torch.where(accept, damping * 0.1, rejected_damping).clamp(1e-15, 1e12)
+        # Relative sizes of accepted Newton steps, for the rate estimate (0: none).
+        state[:, -1] = torch.where(newton, relative_step, torch.zeros_like(relative_step))
         finished = int(done.sum())
-        # Compact once half the working set is finished: fewer ops per iteration than every time.
-        if 2 * finished >= done.numel() or iterations == max_iterations:
+        # Compact once a quarter of the working set is finished: fewer ops per iteration than every time.
+        if 4 * finished >= done.numel() or iterations == max_iterations:
             if iterations == max_iterations:
                 result[index] = state
             else:
@@ -148,7 +181,7 @@ def levenberg_marquardt(
                 break
             index, damping, done, state = index[keep], damping[keep], done[keep], state[keep]
             inputs = [v[keep] for v in inputs]
-    R, t, cost, _, gauss_newton, _, depth = unpack(result)
+    R, t, cost, _, gauss_newton, _, depth, _ = unpack(result)
     return R, t, cost, gauss_newton, done_all, depth, iterations
 
 
@@ -191,7 +224,9 @@ def solve_pnp(
     shared_model = x3d.ndim == 2 or x3d.shape[0] == 1 or x3d.stride(0) == 0
     with torch.inference_mode():  # cheaper dispatch than no_grad; outputs are cloned out below
         x2d, x3d, K, weights = broadcast_inputs(x2d, x3d, K, weights)
-        x2d, x3d, K, weights = (v.to(COMPUTE_DTYPE) for v in (x2d, x3d, K, weights))
+        x2d, K, weights = (v.to(COMPUTE_DTYPE) for v in (x2d, K, weights))
+        # converted before broadcasting, so that a shared model stays one [N,3] block (stride 0)
+        x3d = x3d[:1].to(COMPUTE_DTYPE).expand_as(x3d) if shared_model else x3d.to(COMPUTE_DTYPE)
         batch, count = x2d.shape[:2]
         status = _input_status(x2d, x3d, weights, shared_model)
         unusable = status != int(PnPStatus.CONVERGED)
@@ -205,7 +240,7 @@ def solve_pnp(
             R0, t0, candidates_R, candidates_t = epnp(x2d, x3d, K, weights, return_candidates=True)
             starts_R, starts_t = list(candidates_R.unbind(1)), list(candidates_t.unbind(1))
         else:
-            R0, t0 = epnp(x2d, x3d, K, weights, all_candidates=False, beta_steps=2)
+            R0, t0 = epnp_start(x2d, x3d, K, weights)
             starts_R, starts_t = [R0], [t0]
         if init is not None:
             init_R = init[0].to(COMPUTE_DTYPE).expand(batch, 3, 3)
@@ -214,7 +249,7 @@ def solve_pnp(
             starts_R.append(torch.where(usable_init[:, None, None], init_R, R0))
             starts_t.append(torch.where(usable_init[:, None], init_t, t0))
         hypotheses = len(starts_R)
-        tile = lambda v: v.repeat(hypotheses, *([1] * (v.ndim - 1)))  # noqa: E731
+        tile = lambda v: v.repeat(hypotheses, *([1] * (v.ndim - 1))) if hypotheses > 1 else v  # noqa: E731
         R, t, cost, H, done, depth, iterations = levenberg_marquardt(
             tile(x2d),
             tile(x3d),

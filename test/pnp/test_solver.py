@@ -187,3 +187,11 @@ def test_cuda_matches_cpu():
     assert gpu.R.device.type == "cuda"
     torch.testing.assert_close(gpu.R.cpu(), cpu.R, atol=1e-7, rtol=0)
     torch.testing.assert_close(gpu.t.cpu(), cpu.t, atol=1e-7, rtol=0)
+
+
+def test_saddle_regions_are_left_quickly():
+    """A float32 batch in which one problem started near a saddle and crawled for 50 Gauss-Newton steps."""
+    problems = uava_problems(1024, 20, dtype=torch.float32, seed=1)
+    result = solve_pnp(problems.x2d, problems.x3d, problems.K)
+    assert result.converged.all()
+    assert result.iterations <= 30
