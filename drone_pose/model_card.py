@@ -149,7 +149,8 @@ def _card_text(figures: dict[str, Any], curve: list[dict[str, str]], table: str,
         "## Training",
         "",
         f"- Data: `{figures['training']['command']}` (train split for training, val for model selection).",
-        f"- Recipe: `config/train/{config['name']}.yaml`: loss {config['loss']['kind']} "
+        f"- Recipe (run `{config['name']}`; its full configuration is in the .json card): "
+        f"loss {config['loss']['kind']} "
         f"({config['loss']['heatmap']}, foreground weight {config['loss'].get('foreground_weight', 0)}), "
         f"Adam lr {config['optim']['lr']} ({config['optim']['schedule']}), batch {config['batch_size']}, "
         f"{config['epochs']} epochs, training crops {config['data'].get('crop')}, seed {config['seed']}; "

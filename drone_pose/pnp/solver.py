@@ -64,7 +64,8 @@ def _newton_hessian(exact: Tensor) -> tuple[Tensor, Tensor]:
     positive = torch.linalg.cholesky_ex(exact).info == 0
     if bool(positive.all()):
         return exact, positive
-    indefinite = torch.nonzero(~positive).squeeze(1)
+    finite = torch.isfinite(exact).flatten(1).all(1)  # non-finite ones are finished or rejected anyway
+    indefinite = torch.nonzero(~positive & finite).squeeze(1)
     lowest = torch.linalg.eigvalsh(exact[indefinite])[:, 0]
     trace = exact[indefinite].diagonal(dim1=-2, dim2=-1).sum(-1)
     shift = torch.zeros(exact.shape[0], dtype=exact.dtype, device=exact.device)

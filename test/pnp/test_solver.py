@@ -209,3 +209,16 @@ def test_converged_poses_are_at_the_optimum_to_the_tolerance():
         rotation = geodesic_angle(result.R, tight.R)
         assert relative_t[both].max() < 3e-9, problems.name  # measured 1.0e-9
         assert rotation[both].max() < 2e-8, problems.name  # radians; measured 5.9e-9
+
+
+def test_newton_hessian_shifts_indefinite_and_skips_non_finite_samples():
+    from drone_pose.pnp.solver import _newton_hessian
+
+    H = torch.eye(6, dtype=F64).repeat(3, 1, 1)
+    H[1, 0, 0] = math.nan
+    H[2, 0, 0] = -2.0
+    shifted, positive = _newton_hessian(H)
+    assert positive.tolist() == [True, False, False]
+    torch.testing.assert_close(shifted[0], H[0])
+    assert torch.linalg.eigvalsh(shifted[2]).min() > 0, "a descent direction"
+    assert shifted[2, 0, 0] == pytest.approx(1.0, rel=1e-6), "shifted by 1.5 x the negative eigenvalue"
