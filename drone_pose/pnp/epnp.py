@@ -44,6 +44,16 @@ def control_points_and_alphas(x3d: Tensor, point_weights: Tensor) -> tuple[Tenso
     return control, alphas
 
 
+def _batch_control_points(x3d: Tensor, weights: Tensor, shared_model: bool) -> tuple[Tensor, Tensor]:
+    """Control points [B,4,3] and alphas [B,N,4]; computed once and expanded for one shared model."""
+    batch, count = x3d.shape[:2]
+    point_weights = weights.mean(-1)
+    if shared_model and bool((point_weights > 0).all()):
+        control, alphas = control_points_and_alphas(x3d[:1], point_weights[:1])
+        return control.expand(batch, 4, 3), alphas.expand(batch, count, 4)
+    return control_points_and_alphas(x3d, point_weights)
+
+
 def _schur_system(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """EPnP's 2N x 12 system reduced to the control-point depths Z: S [B,4,4], P_u and P_v [B,4,4].
 
@@ -252,12 +262,7 @@ def epnp(
     shared_model = x3d.ndim == 2 or x3d.shape[0] == 1 or x3d.stride(0) == 0
     x2d, x3d, K, weights = broadcast_inputs(x2d, x3d, K, weights)
     batch, count = x2d.shape[:2]
-    point_weights = weights.mean(-1)
-    if shared_model and bool((point_weights > 0).all()):
-        control, alphas = control_points_and_alphas(x3d[:1], point_weights[:1])  # once for the whole batch
-        control, alphas = control.expand(batch, 4, 3), alphas.expand(batch, count, 4)
-    else:
-        control, alphas = control_points_and_alphas(x3d, point_weights)
+    control, alphas = _batch_control_points(x3d, weights, shared_model)
     # Normalised image coordinates: K^-1 (u, v, 1).
     y = (x2d[..., 1] - K[:, None, 1, 2]) / K[:, None, 1, 1]
     x = (x2d[..., 0] - K[:, None, 0, 2] - K[:, None, 0, 1] * y) / K[:, None, 0, 0]
@@ -346,14 +351,9 @@ def epnp_start(
     betas span all four directions anyway; and the rotation is read from the camera-frame control
     points instead of a Kabsch alignment of all points.
     """
-    batch, count = x2d.shape[:2]
+    batch = x2d.shape[0]
     shared_model = x3d.stride(0) == 0 or batch == 1
-    point_weights = weights.mean(-1)
-    if shared_model and bool((point_weights > 0).all()):
-        control, alphas = control_points_and_alphas(x3d[:1], point_weights[:1])  # once for the whole batch
-        control, alphas = control.expand(batch, 4, 3), alphas.expand(batch, count, 4)
-    else:
-        control, alphas = control_points_and_alphas(x3d, point_weights)
+    control, alphas = _batch_control_points(x3d, weights, shared_model)
     axes = (control[:, 1:] - control[:, :1]).transpose(-1, -2)  # columns: principal axes, scaled
     axes = axes * torch.rsqrt((axes * axes).sum(-2, keepdim=True))
     y = (x2d[..., 1] - K[:, None, 1, 2]) / K[:, None, 1, 1]
