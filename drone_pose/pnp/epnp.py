@@ -54,6 +54,12 @@ def _batch_control_points(x3d: Tensor, weights: Tensor, shared_model: bool) -> t
     return control_points_and_alphas(x3d, point_weights)
 
 
+def _normalised_coordinates(x2d: Tensor, K: Tensor) -> tuple[Tensor, Tensor]:
+    """Normalised image coordinates x, y [B,N] of pixels x2d [B,N,2]: K^-1 (u, v, 1), K [B,3,3]."""
+    y = (x2d[..., 1] - K[:, None, 1, 2]) / K[:, None, 1, 1]
+    return (x2d[..., 0] - K[:, None, 0, 2] - K[:, None, 0, 1] * y) / K[:, None, 0, 0], y
+
+
 def _schur_system(alphas: Tensor, x: Tensor, y: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """EPnP's 2N x 12 system reduced to the control-point depths Z: S [B,4,4], P_u and P_v [B,4,4].
 
@@ -263,9 +269,7 @@ def epnp(
     x2d, x3d, K, weights = broadcast_inputs(x2d, x3d, K, weights)
     batch, count = x2d.shape[:2]
     control, alphas = _batch_control_points(x3d, weights, shared_model)
-    # Normalised image coordinates: K^-1 (u, v, 1).
-    y = (x2d[..., 1] - K[:, None, 1, 2]) / K[:, None, 1, 1]
-    x = (x2d[..., 0] - K[:, None, 0, 2] - K[:, None, 0, 1] * y) / K[:, None, 0, 0]
+    x, y = _normalised_coordinates(x2d, K)
     normalised = torch.stack((x, y), dim=-1)
     kernel = null_space_basis(alphas, x, y, weights)
     L, rho = _distance_system(kernel, control)
@@ -356,8 +360,7 @@ def epnp_start(
     control, alphas = _batch_control_points(x3d, weights, shared_model)
     axes = (control[:, 1:] - control[:, :1]).transpose(-1, -2)  # columns: principal axes, scaled
     axes = axes * torch.rsqrt((axes * axes).sum(-2, keepdim=True))
-    y = (x2d[..., 1] - K[:, None, 1, 2]) / K[:, None, 1, 1]
-    x = (x2d[..., 0] - K[:, None, 0, 2] - K[:, None, 0, 1] * y) / K[:, None, 0, 0]
+    x, y = _normalised_coordinates(x2d, K)
     uniform = bool((weights == weights[:1, :1, :1]).all())
     if shared_model and uniform:
         S, Pu, Pv = _shared_schur_system(alphas[0], x, y)

@@ -95,26 +95,16 @@ def levenberg_marquardt(
     depths [B,N] and the iterations.
     """
     batch, count = x2d.shape[:2]
-    layout = (9, 3, 1, 6, 36, 36, count, 1)  # R, t, cost, gradient, GN and exact Hessians, depths, last step
+    layout = (9, 3, 1, 6, 36, 36, count)  # R, t, cost, gradient, Gauss-Newton and exact Hessians, depths
 
-    def pack(R: Tensor, t: Tensor, derivatives: tuple[Tensor, ...], step_norm: Tensor) -> Tensor:
+    def pack(R: Tensor, t: Tensor, derivatives: tuple[Tensor, ...]) -> Tensor:
         cost, gradient, gauss_newton, exact, depth, _ = derivatives
         return torch.cat(
-            (
-                R.flatten(1),
-                t,
-                cost[:, None],
-                gradient,
-                gauss_newton.flatten(1),
-                exact.flatten(1),
-                depth,
-                step_norm[:, None],
-            ),
-            1,
+            (R.flatten(1), t, cost[:, None], gradient, gauss_newton.flatten(1), exact.flatten(1), depth), 1
         )
 
     def unpack(state: Tensor) -> list[Tensor]:
-        R, t, cost, gradient, gauss_newton, exact, depth, step_norm = state.split(layout, dim=1)
+        R, t, cost, gradient, gauss_newton, exact, depth = state.split(layout, dim=1)
         return [
             R.view(-1, 3, 3),
             t,
@@ -123,20 +113,20 @@ def levenberg_marquardt(
             gauss_newton.view(-1, 6, 6),
             exact.view(-1, 6, 6),
             depth,
-            step_norm[:, 0],
         ]
 
     inputs = [x2d, x3d, K, weights]
-    state = pack(R, t, cost_derivatives(*inputs, R, t, huber, True), torch.zeros_like(t[:, 0]))
+    state = pack(R, t, cost_derivatives(*inputs, R, t, huber, True))
     result = state.clone()
     index = torch.arange(batch, device=x2d.device)
     # small initial damping: the EPnP start is close, so the first steps are (nearly) Newton steps
     damping = torch.full((batch,), 1e-6, dtype=x2d.dtype, device=x2d.device)
+    last_step = torch.zeros_like(damping)  # relative size of the last accepted Newton step (0: none)
     done_all = torch.zeros(batch, dtype=torch.bool, device=x2d.device)
     done = ~torch.isfinite(state[:, 12])
     iterations = 0
     for iterations in range(1, max_iterations + 1):
-        R, t, cost, gradient, gauss_newton, exact, _, last_step = unpack(state)
+        R, t, cost, gradient, gauss_newton, exact, _ = unpack(state)
         H, positive = _newton_hessian(exact)
         system = H + torch.diag_embed(
             damping[:, None] * gauss_newton.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)
@@ -149,14 +139,14 @@ def levenberg_marquardt(
         done = done | (small_step & (damping <= 1e-2))
         step = torch.where(done.unsqueeze(-1) | ~torch.isfinite(step), 0.0, step)
         R_new, t_new = apply_update(R, t, step)
-        candidate = pack(R_new, t_new, cost_derivatives(*inputs, R_new, t_new, huber, True), step_norm)
+        candidate = pack(R_new, t_new, cost_derivatives(*inputs, R_new, t_new, huber, True))
         cost_new = candidate[:, 12]
         # Near the optimum a Newton step changes the cost by less than its rounding: allow that slack.
         accept = (cost_new <= cost + 1e-12 * cost.abs()) & torch.isfinite(cost_new) & ~done
         state = torch.where(accept[:, None], candidate, state)
         # After an accepted exact-Newton step of relative size s with damping lambda, the error left
         # is about lambda s (the damped step falls short by that fraction) + C s^2 (quadratic
-        # convergence), with the rate C ~ s / s_prev over two such steps in a row (else C = 1).
+        # convergence), with the rate C ~ s / s_prev^2 over two such steps in a row (else C = 1).
         # Done without another iteration to confirm it when that is below tolerance.
         newton = accept & positive & (damping <= 1e-3)
         relative_step = step_norm / scale
@@ -167,8 +157,7 @@ def levenberg_marquardt(
         done = done | (small_step & accept) | newton_converged | (damping >= 1e12)
         rejected_damping = (damping * 10.0).clamp_min(1e-2)
         damping = torch.where(accept, damping * 0.1, rejected_damping).clamp(1e-15, 1e12)
-        # Relative sizes of accepted Newton steps, for the rate estimate (0: none).
-        state[:, -1] = torch.where(newton, relative_step, torch.zeros_like(relative_step))
+        last_step = torch.where(newton, relative_step, torch.zeros_like(relative_step))
         finished = int(done.sum())
         # Compact once a quarter of the working set is finished: fewer ops per iteration than every time.
         if 4 * finished >= done.numel() or iterations == max_iterations:
@@ -181,8 +170,9 @@ def levenberg_marquardt(
             if not bool(keep.any()):
                 break
             index, damping, done, state = index[keep], damping[keep], done[keep], state[keep]
+            last_step = last_step[keep]
             inputs = [v[keep] for v in inputs]
-    R, t, cost, _, gauss_newton, _, depth, _ = unpack(result)
+    R, t, cost, _, gauss_newton, _, depth = unpack(result)
     return R, t, cost, gauss_newton, done_all, depth, iterations
 
 
