@@ -189,6 +189,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keypoint_budget(args: argparse.Namespace) -> int:
+    from drone_pose.keypoint_budget import keypoint_budget
+
+    summary = keypoint_budget(args.data, args.split, args.sigmas, args.limit, args.seed, args.out)
+    print(summary.pop("table"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from drone_pose.train.reproduce import reproduce
 
@@ -440,6 +449,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, default=16)
     evaluation.add_argument("--limit", type=int, help="evaluate only the first N samples")
     evaluation.set_defaults(run=_cmd_eval)
+
+    budget = commands.add_parser(
+        "keypoint-budget",
+        help="metrics of ground-truth keypoints + Gaussian noise: the keypoint accuracy a target needs",
+    )
+    budget.add_argument("--data", required=True, help="dataset folder (drone-pose synth)")
+    budget.add_argument("--split", default="test")
+    budget.add_argument("--sigmas", type=float, nargs="+", help="noise stds, px (default 0 0.1 0.25 0.5 1 2)")
+    budget.add_argument("--limit", type=int, help="only the first N samples")
+    budget.add_argument("--seed", type=int, default=0, help="seed of the noise draw")
+    budget.add_argument("--out", help="also write the rows as JSON to this file")
+    budget.set_defaults(run=_cmd_keypoint_budget)
 
     card = commands.add_parser("model-card", help="ship a checkpoint: copy it and write its model card")
     card.add_argument("--checkpoint", required=True, help="the run's best.pt")
