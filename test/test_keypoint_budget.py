@@ -23,7 +23,8 @@ def datasets(tmp_path_factory):
 def test_exact_keypoints_score_perfectly_and_noise_costs_accuracy(datasets):
     summary = keypoint_budget(str(datasets / "m2ed"), sigmas_px=[0.0, 0.5, 3.0])
     exact, mild, strong = summary["rows"]
-    assert summary["drone"] == "m2ed" and summary["count"] == 40
+    assert summary["drone"] == "m2ed"
+    assert summary["count"] == 40
     assert exact["keypoint_px"] == 0.0
     assert all(exact[c] == 100.0 for c in ("ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5"))
     assert exact["NPE"] < 1e-6
@@ -47,7 +48,8 @@ def test_cli_prints_the_table_and_writes_json(datasets, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.startswith("| noise std px | keypoint px | " + " | ".join(METRIC_COLUMNS))
     document = json.loads(out.read_text())
-    assert document["drone"] == "tello" and document["count"] == 10
+    assert document["drone"] == "tello"
+    assert document["count"] == 10
     assert [row["sigma_px"] for row in document["rows"]] == [0.0, 1.0]
 
 
