@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch import Tensor
 
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import load_drone
@@ -30,29 +30,26 @@ DEFAULT_SIGMAS_PX = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 def keypoint_noise_table(
-    dataset: Dataset,
-    keypoints_3d: np.ndarray,
+    keypoints: Tensor,
+    K: Tensor,
+    R: Tensor,
+    t: Tensor,
+    keypoints_3d: Tensor,
     diagonal_m: float,
-    sigmas_px: tuple[float, ...] = DEFAULT_SIGMAS_PX,
+    sigmas_px: Sequence[float] = DEFAULT_SIGMAS_PX,
     seed: int = 0,
-    batch_size: int = 256,
 ) -> list[dict[str, float]]:
     """One row per noise std: sigma_px, keypoint_px (mean distance error) and the papers' metrics.
 
-    dataset: samples with keypoints [K,2] px, K [3,3], R [3,3], t [3] metres (camera <- drone);
-    keypoints_3d [K,3] metres in the drone frame. The PnP is the estimator's (Huber-robust, all
-    keypoints weighted equally). The same noise draw, scaled, serves every sigma.
+    Ground truth: keypoints [B,J,2] px, K [3,3] or [B,3,3], R [B,3,3], t [B,3] metres (camera <-
+    drone); keypoints_3d [J,3] metres in the drone frame. The PnP is the estimator's (Huber-robust,
+    all keypoints weighted equally). The same noise draw, scaled, serves every sigma.
     """
     if any(not (s >= 0 and np.isfinite(s)) for s in sigmas_px):
         raise ValueError(f"noise stds must be finite and >= 0 px, got {list(sigmas_px)}")
-    columns: dict[str, list[torch.Tensor]] = {"keypoints": [], "K": [], "R": [], "t": []}
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-        for name in columns:
-            columns[name].append(batch[name].double())
-    if not columns["keypoints"]:
+    if keypoints.shape[0] == 0:
         raise ValueError("the dataset split is empty")
-    keypoints, K, R, t = (torch.cat(columns[name]) for name in ("keypoints", "K", "R", "t"))
-    x3d = torch.tensor(np.asarray(keypoints_3d), dtype=torch.float64)
+    keypoints, K, R, t, x3d = (x.double() for x in (keypoints, K, R, t, keypoints_3d))
     if x3d.shape != (keypoints.shape[1], 3):
         raise ValueError(f"keypoints_3d must have shape [{keypoints.shape[1]}, 3], got {list(x3d.shape)}")
     unit_noise = torch.randn(
@@ -97,13 +94,18 @@ def keypoint_budget(
     sigmas_px = DEFAULT_SIGMAS_PX if sigmas_px is None else tuple(sigmas_px)
     dataset = ShardDataset(data, split)
     drone = load_drone(dataset.drone)
-    subset = Subset(dataset, range(min(limit, len(dataset)))) if limit is not None else dataset
-    rows = keypoint_noise_table(subset, drone.keypoints, drone.diagonal, sigmas_px, seed)
+    labels = {key: torch.from_numpy(value[:limit]) for key, value in dataset.labels().items()}
+    count = labels["keypoints"].shape[0]
+    K = torch.from_numpy(dataset.K).expand(count, 3, 3)
+    x3d = drone.keypoints_tensor(dtype=torch.float64)
+    rows = keypoint_noise_table(
+        labels["keypoints"], K, labels["R"], labels["t"], x3d, drone.diagonal, sigmas_px, seed
+    )
     summary = {
         "data": str(data),
         "split": split,
         "drone": drone.name,
-        "count": len(subset),
+        "count": count,
         "seed": seed,
         "rows": rows,
     }

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from drone_pose.cli import main
+from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.generate import generate_dataset
 from drone_pose.keypoint_budget import keypoint_budget
 from drone_pose.reports import METRIC_COLUMNS
@@ -58,3 +60,13 @@ def test_bad_arguments_are_clear(datasets):
         keypoint_budget(str(datasets / "m2ed"), sigmas_px=[-1.0])
     with pytest.raises(ValueError, match="unknown split"):
         keypoint_budget(str(datasets / "m2ed"), split="dev")
+
+
+def test_labels_match_the_samples_without_decoding_images(datasets):
+    dataset = ShardDataset(datasets / "tello", "test")
+    labels = dataset.labels()
+    assert labels["keypoints"].shape == (40, 9, 2)
+    for i in (0, 17, 39):
+        sample = dataset[i]
+        for key in ("keypoints", "R", "t"):
+            assert np.allclose(labels[key][i], sample[key].numpy()), key

@@ -129,6 +129,11 @@ class ShardDataset(AugmentedDataset):
         state["_maps"] = {}  # memory maps are reopened in each worker process
         return state
 
+    def labels(self) -> dict[str, np.ndarray]:
+        """Every sample's keypoints [N,K,2] px, R [N,3,3] and t [N,3] metres (camera <- drone), in
+        sample order, read from the in-memory shard arrays without decoding any image."""
+        return {key: np.concatenate([s.arrays[key] for s in self.shards]) for key in ("keypoints", "R", "t")}
+
     def load(self, i: int) -> tuple[GeometricSample, int]:
         number = int(np.searchsorted(self._starts, i, side="right") - 1)
         shard, j = self.shards[number], i - int(self._starts[number])
