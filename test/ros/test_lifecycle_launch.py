@@ -219,12 +219,20 @@ def test_drone_pose_launch_starts_the_trackers(ros_node, checkpoint):
         text=True,
     )
     try:
-        ready = lambda: all(  # noqa: E731
-            node.count_subscribers(f"/{camera}/image_raw") > 0 for camera in ("left", "right")
-        )
-        assert spin_until(executor, ready, timeout_s=90.0), "the launched trackers did not subscribe"
-        names = set(node.get_node_names_and_namespaces())
-        assert {("drone_pose_tracker", "/left"), ("drone_pose_tracker", "/right")} <= names
+        expected_nodes = {("drone_pose_tracker", "/left"), ("drone_pose_tracker", "/right")}
+
+        def graph_complete() -> bool:
+            # Endpoints and node names reach this process through separate discovery traffic
+            # (DDS endpoints vs. ros_discovery_info), so wait for every fact, not just the first.
+            subscribed = all(node.count_subscribers(f"/{c}/image_raw") > 0 for c in ("left", "right"))
+            publishing = all(node.count_publishers(f"/{c}/pose") == 1 for c in ("left", "right"))
+            named = expected_nodes <= set(node.get_node_names_and_namespaces())
+            return subscribed and publishing and named
+
+        spin_until(executor, graph_complete, timeout_s=90.0)
+        assert node.count_subscribers("/left/image_raw") > 0, "the left tracker did not subscribe"
+        assert node.count_subscribers("/right/image_raw") > 0, "the right tracker did not subscribe"
+        assert expected_nodes <= set(node.get_node_names_and_namespaces())
         assert node.count_publishers("/left/pose") == 1
         assert node.count_publishers("/right/pose") == 1
     finally:
