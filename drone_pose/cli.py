@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from drone_pose import __version__
 
@@ -215,10 +216,24 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         width=args.width,
         height=args.height,
         extra=tuple(args.set or ()),
+        init=_drone_checkpoints(args.init or ()),
         progress=not args.no_progress,
     )
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _drone_checkpoints(pairs: Sequence[str]) -> dict[str, str]:
+    """`DRONE=CHECKPOINT` arguments as a mapping; a malformed one or a missing file exits with a message."""
+    result = {}
+    for pair in pairs:
+        drone, sep, path = pair.partition("=")
+        if not sep or not drone or not path:
+            raise SystemExit(f"drone-pose reproduce: --init {pair!r} must look like DRONE=CHECKPOINT")
+        if not Path(path).is_file():
+            raise SystemExit(f"drone-pose reproduce: --init {drone}: checkpoint not found: {path}")
+        result[drone] = path
+    return result
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
@@ -396,6 +411,12 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--width", type=int, default=320)
     grid.add_argument("--height", type=int, default=240)
     grid.add_argument("--set", action="append", help="extra training override for every run (key=value)")
+    grid.add_argument(
+        "--init",
+        action="append",
+        metavar="DRONE=CHECKPOINT",
+        help="start that drone's rows from a checkpoint where its network fits (others: scratch)",
+    )
     grid.add_argument("--no-progress", action="store_true")
     grid.set_defaults(run=_cmd_reproduce)
 

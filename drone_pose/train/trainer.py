@@ -107,6 +107,27 @@ class TrainingRun:
     best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # (metric, -keypoint_px)
 
 
+def initial_weights_fit(network_spec: str | dict[str, Any], checkpoint_network: dict[str, Any]) -> bool:
+    """Whether a checkpoint of `checkpoint_network` can start a run of `network_spec`: the same
+    network, or that network with the HigherHRNet module added (which then starts untrained)."""
+    wanted = plain_network_config(network_spec)
+    return wanted == checkpoint_network or wanted == {**checkpoint_network, "higher": True}
+
+
+def load_initial_weights(network: nn.Module, config: TrainConfig) -> None:
+    """Load config.init into the network (see initial_weights_fit); anything else raises."""
+    initial = load_checkpoint(config.init)
+    if not initial_weights_fit(config.network, initial["network"]):
+        raise ValueError(f"init: {config.init} holds a different network than the config's")
+    trained = network_from_checkpoint(initial, str(config.init)).state_dict()
+    result = network.load_state_dict(trained, strict=False)
+    fresh = [key for key in result.missing_keys if not key.startswith(("deconv.", "final_higher."))]
+    if fresh or result.unexpected_keys:
+        raise ValueError(f"init: {config.init} does not fit the network ({fresh or result.unexpected_keys})")
+    if result.missing_keys:
+        log.info("init: %s loaded; the HigherHRNet module starts untrained", config.init)
+
+
 def prepare(config: TrainConfig) -> TrainingRun:
     """Datasets, network, optimiser and device (and the process group under torchrun)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -122,10 +143,7 @@ def prepare(config: TrainConfig) -> TrainingRun:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     network = build_network(config.network)
     if config.init is not None:
-        initial = load_checkpoint(config.init)
-        if plain_network_config(config.network) != initial["network"]:
-            raise ValueError(f"init: {config.init} holds a different network than the config's")
-        network.load_state_dict(network_from_checkpoint(initial, config.init).state_dict())
+        load_initial_weights(network, config)
     if network_heatmaps(config) != drone.num_keypoints:
         raise ValueError(
             f"network predicts {network_heatmaps(config)} heatmaps; {drone.name} has "

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from drone_pose.checkpoint import load_checkpoint
 from drone_pose.data.generate import generate_dataset
 from drone_pose.estimator import PoseEstimator
 from drone_pose.train.config import load_config
-from drone_pose.train.trainer import train
+from drone_pose.train.trainer import prepare, train
 
-from ..tiny_models import TINY_NET
+from ..tiny_models import TINY_NET, tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,21 @@ def test_pose_loss_fine_tunes_through_bpnp_and_overfits(heatmap_overfit, tiny_da
     assert all(b <= a for a, b in itertools.pairwise(tail)), tail
 
 
+def test_init_starts_a_higher_hrnet_from_the_plain_hrnet_checkpoint(tiny_data, tmp_path):
+    """HigherHRNet as in its paper: the HRNet part starts from an HRNet checkpoint, the added
+    1/2-resolution module untrained; a checkpoint of another network is refused by name."""
+    start = tiny_checkpoint(tmp_path / "hrnet.pt")
+    trained = load_checkpoint(start)["state_dict"]
+    higher = json.dumps({**TINY_NET, "higher": True})
+    run = prepare(config(tiny_data, tmp_path, "higher", f"network={higher}", f"init={start}"))
+    weights = run.predictor.network.state_dict()
+    assert all(torch.equal(weights[name], value) for name, value in trained.items())
+    assert any(name.startswith("final_higher.") for name in weights)
+    other = json.dumps({**TINY_NET, "stem_channels": 8})
+    with pytest.raises(ValueError, match="different network"):
+        prepare(config(tiny_data, tmp_path, "other", f"network={other}", f"init={start}"))
+
+
 def test_distributed_data_parallel_under_torchrun(tiny_data, tmp_path):
     """Two CPU processes (gloo) through torchrun: one report, one run folder, checkpoints written."""
     import subprocess
@@ -196,3 +212,42 @@ def test_reproduce_writes_measured_and_study_tables(tmp_path, capsys):
     assert "| m2ed | l_p | study | 0.012 | 0.026 | 95.20 | 98.36 | 90.29 | 96.81 | 98.05 | 99.14 |" in page
     assert '"epochs": 1' in page
     assert (tmp_path / "work" / "reports").is_dir()
+
+
+def test_reproduce_starts_fitting_rows_from_init_and_reuses_finished_rows(tmp_path, capsys):
+    """Table 4 with an HRNet checkpoint: HRNet and HigherHRNet start from it, the Hourglass from
+    scratch, and the page says so; the same command again reuses the finished rows."""
+    from drone_pose.cli import main
+
+    start = tiny_checkpoint(tmp_path / "hrnet.pt")
+    results = tmp_path / "results.md"
+    arguments = [
+        "reproduce",
+        *("--out", str(tmp_path / "work"), "--results", str(results)),
+        *("--drones", "m2ed", "--tables", "4", "--epochs", "1", "--images", "10"),
+        *("--width", "128", "--height", "96", "--network", json.dumps(TINY_NET)),
+        *("--set", "data.workers=0", "--set", "batch_size=4", "--no-progress"),
+        *("--init", f"m2ed={start}"),
+    ]
+    assert main(arguments) == 0
+    assert json.loads(capsys.readouterr().out)["runs"] == 3
+    page = results.read_text()
+    assert "| m2ed | HRNet | measured, from hrnet.pt |" in page
+    assert "| m2ed | HigherHRNet | measured, from hrnet.pt |" in page
+    assert "| m2ed | Hourglass | measured |" in page
+    logs = sorted((tmp_path / "work" / "runs").glob("*/metrics.csv"))
+    assert len(logs) == 3
+    written = [log.stat().st_mtime_ns for log in logs]
+    assert main(arguments) == 0
+    assert [log.stat().st_mtime_ns for log in logs] == written
+    tables = page[page.index("## ") :]
+    assert results.read_text().endswith(tables)
+
+
+def test_reproduce_refuses_a_malformed_init(tmp_path):
+    from drone_pose.cli import main
+
+    with pytest.raises(SystemExit, match="DRONE=CHECKPOINT"):
+        main(["reproduce", "--out", str(tmp_path), "--init", "model.pt"])
+    with pytest.raises(SystemExit, match="checkpoint not found"):
+        main(["reproduce", "--out", str(tmp_path), "--init", f"m2ed={tmp_path / 'missing.pt'}"])
