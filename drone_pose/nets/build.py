@@ -46,7 +46,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "higher": True,
     },
     "hourglass": {"architecture": "hourglass", "heatmaps": 9, "stacks": 2, "depth": 4, "features": 128},
-    # Light configuration for CPU-only machines.
+    # Light configurations for CPU-only machines (0.54 M and 0.55 M parameters).
+    "hourglass_lite": {"architecture": "hourglass", "heatmaps": 9, "stacks": 2, "depth": 4, "features": 64},
     "hrnet_lite": {
         "architecture": "hrnet",
         "heatmaps": 9,

@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from drone_pose.checkpoint import load_checkpoint
+from drone_pose.checkpoint import load_checkpoint, plain_network_config
 from drone_pose.data.generate import generate_dataset
 from drone_pose.data.shards import INDEX_FILE
 from drone_pose.evaluate import evaluate_checkpoint
-from drone_pose.nets.build import network_config
 from drone_pose.paper_results import COLUMNS, TABLE_7, TABLES, TIMING_COLUMNS
 from drone_pose.resources import config_dir
 from drone_pose.train.config import load_config
@@ -72,13 +71,14 @@ def grid(drones: tuple[str, ...], tables: tuple[int, ...]) -> list[Experiment]:
 
 def network_for(role: str, network: str | dict[str, Any] | None) -> str | dict[str, Any]:
     """The network of a row: the study's (HRNet-W48, its HigherHRNet, Hourglass) or, with a scaled
-    network, that network (HRNet rows), with the HigherHRNet module added (HigherHRNet rows)."""
+    network, that network (HRNet rows), with the HigherHRNet module added (HigherHRNet rows), and
+    the light hourglass (Hourglass rows: the study's hourglass is ~7x the work of hrnet_lite)."""
     if network is None:
         return {"hrnet": "hrnet_w48", "higher": "higher_hrnet_w48", "hourglass": "hourglass"}[role]
     if role == "hourglass":
-        return "hourglass"
+        return "hourglass_lite"
     if role == "higher":
-        return {**network_config(network), "higher": True}
+        return {**plain_network_config(network), "higher": True}
     return network
 
 

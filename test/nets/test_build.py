@@ -20,6 +20,7 @@ def test_coco_higher_hrnet_w48_matches_the_official_parameter_count():
     [
         ("hrnet_lite", [(9, 60, 80)]),
         ("hourglass", [(9, 60, 80), (9, 60, 80)]),
+        ("hourglass_lite", [(9, 60, 80), (9, 60, 80)]),
     ],
 )
 def test_real_forward_and_backward_on_cpu(name, shapes):

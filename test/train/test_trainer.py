@@ -235,6 +235,8 @@ def test_reproduce_starts_fitting_rows_from_init_and_reuses_finished_rows(tmp_pa
     assert "| m2ed | HRNet | measured, from hrnet.pt |" in page
     assert "| m2ed | HigherHRNet | measured, from hrnet.pt |" in page
     assert "| m2ed | Hourglass | measured |" in page
+    hourglass_run = tmp_path / "work" / "runs" / "m2ed_hrnet_lh_hourglass" / "config.yaml"
+    assert "network: hourglass_lite" in hourglass_run.read_text()  # scaled like the HRNet rows
     logs = sorted((tmp_path / "work" / "runs").glob("*/metrics.csv"))
     assert len(logs) == 3
     written = [log.stat().st_mtime_ns for log in logs]
