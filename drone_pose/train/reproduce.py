@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,7 +105,6 @@ def reproduce(
     if unknown:
         raise ValueError(f"init names drones outside the grid: {', '.join(unknown)}")
     init_networks = {drone: load_checkpoint(path)["network"] for drone, path in init.items()}
-    started = time.perf_counter()
     heatmap_epochs = max(1, round(epochs * STUDY_HEATMAP_EPOCHS / STUDY_EPOCHS)) if epochs > 1 else 0
     measured: dict[tuple[int, str, str], dict[str, Any]] = {}
     done: dict[str, dict[str, Any]] = {}
@@ -142,7 +140,14 @@ def reproduce(
         "extra_overrides": list(extra),
         "init": init,
     }
-    page = results_page(measured, tables, drones, scale, time.perf_counter() - started)
+    starts = {
+        drone: {
+            "checkpoint": Path(path).name,
+            "metrics": evaluate_checkpoint(path, out / "data" / drone, "test")["metrics"],
+        }
+        for drone, path in init.items()
+    }
+    page = results_page(measured, tables, drones, scale, starts)
     Path(results).parent.mkdir(parents=True, exist_ok=True)
     Path(results).write_text(page)
     return {
@@ -202,9 +207,15 @@ def results_page(
     tables: tuple[int, ...],
     drones: tuple[str, ...],
     scale: dict[str, Any],
-    seconds: float,
+    starts: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """Markdown: machine and scale, then each table with measured and study rows side by side."""
+    """Markdown: machine and scale, then each table with measured and study rows side by side.
+
+    starts: drone -> {"checkpoint": file name, "metrics": its test-split metrics} of the checkpoint
+    that drone's rows started from.
+    """
+    runs = {result["run"]: result["timing"] for result in measured.values()}
+    hours = sum(t["train_hours"] + t["test_minutes"] / 60.0 for t in runs.values())
     device = (
         torch.cuda.get_device_name(0)
         if torch.cuda.is_available()
@@ -215,7 +226,7 @@ def results_page(
         "",
         f"Measured with `drone-pose reproduce` on {datetime.date.today().isoformat()}: {device}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}, {platform.platform()}.",
-        f"Scale: {json.dumps(scale)}; wall time {seconds / 3600:.2f} h.",
+        f"Scale: {json.dumps(scale)}; {len(runs)} runs, {hours:.2f} h of training and testing.",
         "The study's figures are on UAVA (real renders of the same drones at 320x240); ours are on the",
         "synthetic UAVA-like data of `drone-pose synth`. AD in radians as in the study; the other",
         "metrics in percent. At a reduced scale the measured figures are far from converged: compare",
@@ -224,6 +235,17 @@ def results_page(
         "with the same start only.",
         "",
     ]
+    if starts:
+        lines += [
+            "## Starting checkpoints, before any training of the grid (same test split)",
+            "",
+            "| drone | checkpoint | " + " | ".join(COLUMNS) + " |",
+            "| --- | --- |" + " --- |" * len(COLUMNS),
+        ]
+        for drone, start in starts.items():
+            cells = [_cell(c, start["metrics"].get(c)) for c in COLUMNS]
+            lines.append(f"| {drone} | {start['checkpoint']} | " + " | ".join(cells) + " |")
+        lines.append("")
     for number in sorted(t for t in tables if t in TABLES):
         lines += [
             f"## {TABLES[number]['title']}",
