@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from drone_pose.checkpoint import load_checkpoint, plain_network_config
 from drone_pose.data.generate import generate_dataset
 from drone_pose.data.shards import INDEX_FILE
-from drone_pose.evaluate import evaluate_checkpoint
+from drone_pose.evaluate import evaluate_checkpoint, open_dataset
 from drone_pose.paper_results import COLUMNS, TABLE_7, TABLES, TIMING_COLUMNS
 from drone_pose.resources import config_dir
 from drone_pose.train.config import load_config
@@ -139,6 +140,7 @@ def reproduce(
         "network": "the study's" if network is None else network,
         "extra_overrides": list(extra),
         "init": init,
+        "test_images": {drone: len(open_dataset(out / "data" / drone, "test")) for drone in drones},
     }
     starts = {
         drone: {
@@ -233,8 +235,15 @@ def results_page(
         "the ordering of rows, not the absolute values. Rows marked `from <checkpoint>` started from",
         "that checkpoint (a HigherHRNet row: its HRNet part), the others from scratch: compare rows",
         "with the same start only.",
-        "",
     ]
+    if scale.get("test_images"):
+        fewest = min(scale["test_images"].values())
+        margin = 196.0 * math.sqrt(0.25 / max(fewest, 1))
+        lines.append(
+            f"With {fewest} test images a percentage's 95 % sampling interval is up to +-{margin:.1f} "
+            "points: closer rows are not told apart by this grid."
+        )
+    lines.append("")
     if starts:
         lines += [
             "## Starting checkpoints, before any training of the grid (same test split)",

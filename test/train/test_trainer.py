@@ -236,6 +236,7 @@ def test_reproduce_starts_fitting_rows_from_init_and_reuses_finished_rows(tmp_pa
     assert "| m2ed | HigherHRNet | measured, from hrnet.pt |" in page
     assert "| m2ed | Hourglass | measured |" in page
     assert "| m2ed | hrnet.pt |" in page  # the starting checkpoint's own figures on the test split
+    assert "With 1 test images a percentage's 95 % sampling interval is up to +-98.0 points" in page
     hourglass_run = tmp_path / "work" / "runs" / "m2ed_hrnet_lh_hourglass" / "config.yaml"
     assert "network: hourglass_lite" in hourglass_run.read_text()  # scaled like the HRNet rows
     logs = sorted((tmp_path / "work" / "runs").glob("*/metrics.csv"))
