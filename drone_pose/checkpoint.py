@@ -56,10 +56,15 @@ def make_checkpoint(
     heatmap_sigma: float = 2.0,
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
+    zoom: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A checkpoint dict for `network` built from `network_spec`, trained for `drone` (a DroneModel)."""
+    """A checkpoint dict for `network` built from `network_spec`, trained for `drone` (a DroneModel).
+
+    zoom: {target_px, max_zoom} of the zoomed second pass the network was trained for (stored as
+    input.zoom; the estimator runs it by default), or None.
+    """
     width, height = input_size
-    return {
+    checkpoint = {
         "format": FORMAT,
         "version": VERSION,
         "network": plain_network_config(network_spec),
@@ -80,6 +85,9 @@ def make_checkpoint(
         "metrics": metrics or {},
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
     }
+    if zoom is not None:
+        checkpoint["input"]["zoom"] = {key: float(value) for key, value in zoom.items()}
+    return checkpoint
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
@@ -159,6 +167,15 @@ def validate_checkpoint(checkpoint: Any, where: str) -> None:
     for key in ("mean", "std"):
         if not (isinstance(spec.get(key), list) and len(spec[key]) == 3):
             raise CheckpointError(f"{where}: input.{key} must be a list of 3 numbers")
+    zoom = spec.get("zoom")
+    if zoom is not None and not (
+        isinstance(zoom, dict)
+        and set(zoom) == {"target_px", "max_zoom"}
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in zoom.values())
+        and zoom["target_px"] > 0
+        and zoom["max_zoom"] >= 1
+    ):
+        raise CheckpointError(f"{where}: input.zoom must be {{target_px > 0, max_zoom >= 1}}, got {zoom!r}")
     if not all(isinstance(v, torch.Tensor) for v in checkpoint["state_dict"].values()):
         raise CheckpointError(f"{where}: state_dict must map names to tensors")
 

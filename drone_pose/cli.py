@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drone_pose import __version__
+
+if TYPE_CHECKING:
+    from drone_pose.nets.zoom import ZoomSettings
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -184,10 +188,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         limit=args.limit,
+        zoom=args.zoom,
     )
     print(summary.pop("table"))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _zoom_option(text: str) -> ZoomSettings | str | None:
+    """--zoom: checkpoint (its input.zoom), off, or TARGET_PX[,MAX_ZOOM]."""
+    from drone_pose.nets.zoom import ZoomSettings
+
+    if text in ("checkpoint", "off"):
+        return None if text == "off" else text
+    try:
+        values = [float(v) for v in text.split(",")]
+        if len(values) > 2:
+            raise ValueError("at most two numbers")
+        return ZoomSettings(*values)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(
+            f"--zoom must be checkpoint, off or TARGET_PX[,MAX_ZOOM], got {text!r} ({error})"
+        ) from None
 
 
 def _cmd_keypoint_budget(args: argparse.Namespace) -> int:
@@ -469,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     evaluation.add_argument("--batch-size", type=int, default=16)
     evaluation.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    evaluation.add_argument(
+        "--zoom",
+        type=_zoom_option,
+        default="checkpoint",
+        help="zoomed second pass for small drones: checkpoint (as trained, default), off, or "
+        "TARGET_PX[,MAX_ZOOM]",
+    )
     evaluation.set_defaults(run=_cmd_eval)
 
     budget = commands.add_parser(

@@ -4,7 +4,9 @@ The one inference path shared by the ROS node, bag evaluation, the demo and the 
 resize to the network input -> normalise -> heatmap network -> (HigherHRNet: average of the
 upsampled 1/4 maps and the 1/2 maps) -> sub-pixel decoding -> keypoints in the original image ->
 PnP with the given K. Images of any size are resized, and keypoints are mapped back to the
-original pixels exactly, so the caller's K is used unchanged.
+original pixels exactly, so the caller's K is used unchanged. With zoom settings (a checkpoint's
+input.zoom, or given), drones smaller than the zoom target get a second network pass on an
+enlarged window around them (drone_pose.nets.zoom) before PnP.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,6 +25,7 @@ from drone_pose.checkpoint import DEFAULT_DRONE, default_checkpoint, load_checkp
 from drone_pose.geometry.camera import project_points, validate_intrinsics
 from drone_pose.nets.decoding import decode_heatmaps
 from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
+from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
 from drone_pose.pnp import PnPStatus, solve_pnp
 
 
@@ -42,7 +46,8 @@ class PoseEstimate:
     keypoints [B,K,2] original-image pixels; confidences [B,K]; R [B,3,3], t [B,3] metres
     (camera optical frame <- drone body frame); covariance [B,6,6] (tx, ty, tz, rx, ry, rz);
     reprojection_rms [B] px; valid [B] bool; reasons: per image "" when valid, else why not;
-    timings_ms: stage -> milliseconds for the whole batch.
+    timings_ms: stage -> milliseconds for the whole batch; zoomed [B] bool: keypoints from the
+    zoomed second pass (all False without zoom settings).
     """
 
     keypoints: Tensor
@@ -54,13 +59,15 @@ class PoseEstimate:
     valid: Tensor
     reasons: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    zoomed: Tensor | None = None
 
 
 class PoseEstimator:
     """Keypoint network + PnP for one drone model.
 
     network: images [B,3,H,W] normalised -> list of heatmaps, finest last; keypoints_3d [K,3]
-    metres; input_size (width, height) of the network; mean/std: RGB normalisation.
+    metres; input_size (width, height) of the network; mean/std: RGB normalisation; zoom: the
+    zoomed second pass for small drones, or None for one pass.
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class PoseEstimator:
         compile_network: bool = False,
         warm_up: bool = True,
         description: dict | None = None,
+        zoom: ZoomSettings | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.use_cuda = self.device.type == "cuda"
@@ -87,6 +95,7 @@ class PoseEstimator:
         self.input_width, self.input_height = input_size
         self.thresholds = thresholds or EstimatorThresholds()
         self.description = description or {}
+        self.zoom = zoom
         if warm_up:
             self.estimate(
                 np.zeros((self.input_height, self.input_width, 3), np.uint8), _centre_intrinsics(input_size)
@@ -98,10 +107,12 @@ class PoseEstimator:
         path: str | Path | None = None,
         device: str | torch.device | None = None,
         drone: str = DEFAULT_DRONE,
+        zoom: ZoomSettings | Literal["checkpoint"] | None = "checkpoint",
         **options,
     ) -> PoseEstimator:
         """Load a self-describing checkpoint (see drone_pose.checkpoint); clear errors when it is bad.
-        Without a path, the shipped default checkpoint for `drone` (models/checkpoints)."""
+        Without a path, the shipped default checkpoint for `drone` (models/checkpoints). zoom:
+        "checkpoint" runs the second pass the checkpoint was trained for (input.zoom), None none."""
         path = default_checkpoint(drone) if path is None or str(path) == "" else path
         checkpoint = load_checkpoint(path)
         network = network_from_checkpoint(checkpoint, str(path))
@@ -118,6 +129,7 @@ class PoseEstimator:
             tuple(spec["std"]),
             device=device,
             description=description,
+            zoom=ZoomSettings.from_dict(spec.get("zoom")) if zoom == "checkpoint" else zoom,
             **options,
         )
 
@@ -134,22 +146,20 @@ class PoseEstimator:
         if K64.shape[0] != batch:
             raise ValueError(f"got {batch} images but {K64.shape[0]} intrinsics matrices")
 
-        pixels = batch_images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        original = batch_images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        pixels = original
         if (height, width) != (self.input_height, self.input_width):
             pixels = F.interpolate(
-                pixels,
+                original,
                 size=(self.input_height, self.input_width),
                 mode="bilinear",
                 align_corners=False,
                 antialias=True,
             )
-        if self.use_cuda:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
         timings["preprocess"] = self._clock() - start
 
         start = self._clock()
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_cuda):
-            heatmaps = self._forward(pixels)
+        heatmaps = self._network_pass(pixels)
         timings["network"] = self._clock() - start
 
         start = self._clock()
@@ -158,9 +168,25 @@ class PoseEstimator:
         stride_y = self.input_height / heatmaps.shape[-2]
         # heatmap px -> network input px -> original image px (pixel centres at integers throughout)
         scale = xy.new_tensor([stride_x * width / self.input_width, stride_y * height / self.input_height])
-        keypoints = ((xy + 0.5) * scale - 0.5).double().cpu()
-        confidences = confidences.double().cpu()
+        keypoints = (xy + 0.5) * scale - 0.5
         timings["decode"] = self._clock() - start
+
+        zoomed = torch.zeros(batch, dtype=torch.bool)
+        if self.zoom is not None:
+            start = self._clock()
+            keypoints, confidences, zoomed = zoom_refine(
+                heatmap_locator(self._network_pass),
+                original,
+                pixels,
+                keypoints.float(),
+                confidences.float(),
+                self.thresholds.min_keypoint_confidence,
+                self.zoom,
+            )
+            zoomed = zoomed.cpu()
+            timings["zoom"] = self._clock() - start
+        keypoints = keypoints.double().cpu()
+        confidences = confidences.double().cpu()
 
         start = self._clock()
         confident = confidences >= self.thresholds.min_keypoint_confidence
@@ -185,8 +211,24 @@ class PoseEstimator:
         valid = torch.tensor([r == "" for r in reasons])
         timings["total"] = sum(timings.values())
         return PoseEstimate(
-            keypoints, confidences, result.R, result.t, result.covariance, rms, valid, reasons, timings
+            keypoints,
+            confidences,
+            result.R,
+            result.t,
+            result.covariance,
+            rms,
+            valid,
+            reasons,
+            timings,
+            zoomed,
         )
+
+    def _network_pass(self, pixels: Tensor) -> Tensor:
+        """Heatmaps [N,K,h,w] of network-input images [N,3,H,W] in [0,1] (half precision on CUDA)."""
+        if self.use_cuda:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_cuda):
+            return self._forward(pixels)
 
     def to(self, device: str | torch.device) -> PoseEstimator:
         """Move the network to `device` (e.g. "cpu" to free GPU memory while a node is inactive)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -19,6 +19,7 @@ from drone_pose.data.uava import UAVADataset
 from drone_pose.estimator import PoseEstimator
 from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
+from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
 
@@ -40,22 +41,25 @@ def evaluate_checkpoint(
     batch_size: int = 16,
     limit: int | None = None,
     overlays: int = 6,
+    zoom: ZoomSettings | Literal["checkpoint"] | None = "checkpoint",
 ) -> dict[str, Any]:
-    """Metrics of a checkpoint on a split; with `out`, also the report files. Returns a summary."""
-    estimator = PoseEstimator.from_checkpoint(checkpoint, device=device)
+    """Metrics of a checkpoint on a split; with `out`, also the report files. Returns a summary.
+    zoom: the estimator's second pass (see PoseEstimator.from_checkpoint)."""
+    estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, zoom=zoom)
     dataset = open_dataset(data, split, uava_drone)
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     drone = _drone_of(estimator)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
     R, t, R_gt, t_gt, K_all, kp_err, kept_images = [], [], [], [], [], [], []
-    valid = 0
+    valid = zoomed = 0
     started = time.perf_counter()
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
         images = (batch["image"].permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).numpy()
         K = batch["K"].double()
         result = estimator.estimate(images, K)
         valid += int(result.valid.sum())
+        zoomed += int(result.zoomed.sum())
         R.append(result.R)
         t.append(result.t)
         R_gt.append(batch["R"].double())
@@ -82,6 +86,7 @@ def evaluate_checkpoint(
     errors = pose_errors(R, t, R_gt, t_gt, x3d, K_all)
     metrics = summarize_errors(errors, drone.diagonal)
     metrics["valid_fraction"] = valid / max(len(R), 1)
+    metrics["zoomed_fraction"] = zoomed / max(len(R), 1)
     keypoint_errors = torch.cat(kp_err).numpy()
     metrics["keypoint_px"] = float(np.nanmean(keypoint_errors))
     label = f"{Path(checkpoint).name} on {Path(data).name}/{split}"
@@ -89,6 +94,7 @@ def evaluate_checkpoint(
         "label": label,
         "metrics": metrics,
         "samples": len(R),
+        "zoom": None if estimator.zoom is None else estimator.zoom.to_dict(),
         "seconds": round(elapsed, 2),
         "images_per_s": round(len(R) / max(elapsed, 1e-9), 1),
         "table": markdown_table([(label, metrics)]),

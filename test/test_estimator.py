@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from drone_pose.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
+from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import load_drone
+from drone_pose.data.generate import generate_dataset
 from drone_pose.estimator import PoseEstimator
 from drone_pose.geometry.camera import PinholeCamera, project_points
 from drone_pose.geometry.rotations import axis_angle_to_matrix
 from drone_pose.nets import build_network, image_to_heatmap
+from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.pnp.problems import pose_errors_deg_m
 
 INPUT = (320, 240)
@@ -131,3 +135,52 @@ def test_bad_images_and_intrinsics_are_rejected(lite_checkpoint):
         estimator.estimate(np.zeros((240, 320, 3), np.uint8), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="2 images but 3 intrinsics"):
         estimator.estimate(np.zeros((2, 240, 320, 3), np.uint8), np.stack([K] * 3))
+
+
+@pytest.fixture(scope="module")
+def small_drones(tmp_path_factory):
+    """Rendered M2ED test images whose drone spans less than 70 px: uint8 [N,240,320,3], K [N,3,3],
+    true keypoints [N,9,2]."""
+    root = tmp_path_factory.mktemp("small") / "m2ed"
+    generate_dataset("m2ed", 48, root, seed=77, workers=1, fractions=(0, 0, 1), progress=False)
+    dataset = ShardDataset(root, "test")
+    samples = [dataset[i] for i in range(len(dataset))]
+    samples = [s for s in samples if float(np.ptp(s["keypoints"].numpy(), axis=0).max()) < 70][:16]
+    images = np.stack([(s["image"].permute(1, 2, 0) * 255).round().byte().numpy() for s in samples])
+    return (
+        images,
+        torch.stack([s["K"] for s in samples]).double(),
+        torch.stack([s["keypoints"] for s in samples]),
+    )
+
+
+def keypoint_error_px(result, truth) -> float:
+    return float((result.keypoints - truth.double()).norm(dim=-1).median())
+
+
+def test_the_zoomed_second_pass_sharpens_small_drones(small_drones):
+    """The shipped M2ED network: small drones get the second pass, and their keypoints get better."""
+    images, K, truth = small_drones
+    assert len(images) >= 8
+    one_pass = PoseEstimator.from_checkpoint(drone="m2ed", device="cpu", zoom=None, warm_up=False)
+    two_pass = PoseEstimator.from_checkpoint(drone="m2ed", device="cpu", zoom=ZoomSettings(), warm_up=False)
+    before, after = one_pass.estimate(images, K), two_pass.estimate(images, K)
+    assert not before.zoomed.any()
+    assert after.zoomed.all()
+    assert "zoom" in after.timings_ms
+    assert keypoint_error_px(after, truth) < 0.8 * keypoint_error_px(before, truth)
+
+
+def test_the_second_pass_works_on_images_larger_than_the_network_input(small_drones):
+    """The same scenes at 640x480 (bilinear 2x): keypoints as good, in the larger image's pixels."""
+    images, K, truth = small_drones
+    large = np.stack([cv2.resize(image, (640, 480), interpolation=cv2.INTER_LINEAR) for image in images])
+    scale = torch.tensor([[2.0, 0.0, 0.5], [0.0, 2.0, 0.5], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    two_pass = PoseEstimator.from_checkpoint(drone="m2ed", device="cpu", zoom=ZoomSettings(), warm_up=False)
+    small_result = two_pass.estimate(images, K)
+    large_result = two_pass.estimate(large, scale @ K)
+    assert large_result.zoomed.all()
+    large_error = keypoint_error_px(large_result, 2.0 * truth + 0.5) / 2.0
+    assert large_error < 1.3 * keypoint_error_px(small_result, truth) + 0.2
+    rotation, _ = pose_errors_deg_m(large_result.R, large_result.t, small_result.R, small_result.t)
+    assert float(rotation.median()) < 5.0

@@ -6,6 +6,10 @@ optical axis maps pixels by K Rz K^-1 and changes the pose to (Rz R, Rz t); zoom
 the image by S changes the intrinsics to S K. So every augmented sample is still an exact pinhole
 image of the drone at the returned pose with the returned K, which the PnP losses rely on.
 
+A zoom draw (zoom_probability) instead centres the drone and scales it to about zoom_target_px
+(keypoint bounding-box diagonal), as the estimator's second pass does (drone_pose.nets.zoom), so
+the network learns the bilinearly upsampled look of far drones that it sees there.
+
 Photometric augmentation (brightness, contrast, saturation, per-channel gain, gamma, blur, noise)
 leaves the geometry untouched.
 
@@ -43,6 +47,11 @@ class AugmentConfig:
     noise_sigma: tuple[float, float] = (0.0, 0.03)
     crop: tuple[int, int] | None = None  # (width, height) of the training window, pixels
     crop_margin_px: int = 4
+    zoom_probability: float = 0.0  # share of samples zoomed like the estimator's second pass
+    zoom_target_px: float = 110.0  # drone size (keypoint box diagonal, px) a zoom draw aims at
+    zoom_jitter: tuple[float, float] = (0.75, 1.33)  # factor on the target (first-pass size errors)
+    max_zoom: float = 3.0
+    zoom_centre_jitter: float = 0.1  # drone centre offset, fraction of the zoomed drone size
 
     def __post_init__(self) -> None:
         for name in ("scale", "contrast", "saturation", "gamma", "blur_sigma", "noise_sigma"):
@@ -53,6 +62,16 @@ class AugmentConfig:
             raise ValueError("augment.scale and augment.gamma must be positive")
         if self.rotation_deg < 0 or self.shift_fraction < 0 or self.max_tries < 1:
             raise ValueError("augment.rotation_deg and shift_fraction must be >= 0, max_tries >= 1")
+        if not 0 <= self.zoom_probability <= 1:
+            raise ValueError(f"augment.zoom_probability must be in [0, 1], got {self.zoom_probability}")
+        if (
+            self.zoom_target_px <= 0
+            or self.max_zoom < 1
+            or not 0 < self.zoom_jitter[0] <= self.zoom_jitter[1]
+        ):
+            raise ValueError(
+                "augment.zoom_target_px must be positive, max_zoom >= 1, zoom_jitter 0 < low <= high"
+            )
         if self.crop is not None and min(self.crop) < 1:
             raise ValueError(f"augment.crop must be a positive (width, height), got {self.crop}")
 
@@ -145,18 +164,44 @@ def random_geometric(
     """A random roll/zoom/shift of the sample; with keep_keypoints_inside, a draw that moves an
     in-image keypoint out of the image is redrawn (up to max_tries, then the sample is kept as is)."""
     height, width = sample.mask.shape
-    if config.rotation_deg == 0 and config.scale == (1.0, 1.0) and config.shift_fraction == 0:
+    zoom = config.zoom_probability > 0 and rng.random() < config.zoom_probability
+    if not zoom and config.rotation_deg == 0 and config.scale == (1.0, 1.0) and config.shift_fraction == 0:
         return sample
     inside_before = _inside(sample.keypoints, width, height)
     for _ in range(config.max_tries):
         angle = rng.uniform(-config.rotation_deg, config.rotation_deg)
-        scale = math.exp(rng.uniform(math.log(config.scale[0]), math.log(config.scale[1])))
-        shift = tuple(rng.uniform(-config.shift_fraction, config.shift_fraction, 2) * (width, height))
+        if zoom and inside_before.sum() >= 2:
+            scale, shift = _zoom_draw(sample, inside_before, angle, rng, config)
+        else:
+            scale = math.exp(rng.uniform(math.log(config.scale[0]), math.log(config.scale[1])))
+            shift = tuple(rng.uniform(-config.shift_fraction, config.shift_fraction, 2) * (width, height))
         H, Rz, S = warp_matrix(sample.K, angle, scale, shift, width, height)
         moved = _map_points(H, sample.keypoints)
         if not config.keep_keypoints_inside or _inside(moved, width, height)[inside_before].all():
             return apply_warp(sample, H, Rz, S)
     return sample
+
+
+def _zoom_draw(
+    sample: GeometricSample,
+    inside: np.ndarray,
+    angle_deg: float,
+    rng: np.random.Generator,
+    config: AugmentConfig,
+) -> tuple[float, tuple[float, float]]:
+    """Scale and shift of warp_matrix that put the drone (after the roll) near the image centre at
+    about zoom_target_px, never shrinking it (scale in [1, max_zoom]), like the second pass."""
+    height, width = sample.mask.shape
+    roll, _, _ = warp_matrix(sample.K, angle_deg, 1.0, (0.0, 0.0), width, height)
+    points = _map_points(roll, sample.keypoints[inside])
+    low, high = points.min(axis=0), points.max(axis=0)
+    size = max(float(np.linalg.norm(high - low)), 1.0)
+    target = config.zoom_target_px * math.exp(rng.uniform(*np.log(config.zoom_jitter)))
+    scale = float(np.clip(target / size, 1.0, config.max_zoom))
+    centre = np.array([width / 2.0, height / 2.0])
+    offset = rng.uniform(-1.0, 1.0, 2) * config.zoom_centre_jitter * size * scale
+    shift = centre + offset - centre - scale * ((low + high) / 2.0 - centre)
+    return scale, (float(shift[0]), float(shift[1]))
 
 
 def random_photometric(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:

@@ -102,6 +102,7 @@ class TrackerNode(LifecycleNode):
         super().__init__("drone_pose_tracker", **kwargs)
         self._declare_parameters()
         self._given_estimator = estimator
+        self._trained_zoom = None  # the checkpoint's second-pass settings, kept while zoom_pass is off
         self.estimator: Any = None
         self.drone_frame = self.get_parameter("drone_frame").value
         self.counters: Counter[str] = Counter()
@@ -139,6 +140,8 @@ class TrackerNode(LifecycleNode):
             self.configure_error = str(error)
             return TransitionCallbackReturn.FAILURE
         self._device = self.estimator.device
+        self._trained_zoom = self.estimator.zoom
+        self.estimator.zoom = self._trained_zoom if self.get_parameter("zoom_pass").value else None
         output_qos = QoSProfile(depth=int(self.get_parameter("output_queue_depth").value))
         depth = int(self.get_parameter("input_queue_depth").value)
         overridable = QoSOverridingOptions.with_default_policies()
@@ -288,6 +291,11 @@ class TrackerNode(LifecycleNode):
             describe("reject poses whose keypoint RMS reprojection error exceeds this", 0.0, 1.0e6),
         )
         self.declare_parameter(
+            "zoom_pass",
+            True,
+            describe("zoomed second network pass for small drones when the checkpoint was trained for it"),
+        )
+        self.declare_parameter(
             "input_queue_depth", 5, describe("QoS depth of the image and camera_info inputs")
         )
         self.declare_parameter("output_queue_depth", 10, describe("QoS depth of the pose outputs"))
@@ -308,6 +316,7 @@ class TrackerNode(LifecycleNode):
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         updates = {}
+        zoom_pass = None
         for parameter in parameters:
             if parameter.name in ("min_keypoint_confidence", "max_reprojection_rms_px"):
                 value = float(parameter.value)
@@ -315,6 +324,8 @@ class TrackerNode(LifecycleNode):
                     reason = f"{parameter.name}: bad value {value}"
                     return SetParametersResult(successful=False, reason=reason)
                 updates[parameter.name] = value
+            elif parameter.name == "zoom_pass":  # declared bool: rclpy refuses other types
+                zoom_pass = bool(parameter.value)
             elif parameter.name in (
                 "autostart",
                 "max_image_pixels",
@@ -330,9 +341,11 @@ class TrackerNode(LifecycleNode):
                 return SetParametersResult(
                     successful=False, reason=f"{parameter.name} is read-only at run time"
                 )
-        # one attribute assignment: the worker sees either the old or the new set
+        # one attribute assignment each: the worker sees either the old or the new value
         if updates and self.estimator is not None:
             self.estimator.thresholds = dataclasses.replace(self.estimator.thresholds, **updates)
+        if zoom_pass is not None and self.estimator is not None:
+            self.estimator.zoom = self._trained_zoom if zoom_pass else None
         return SetParametersResult(successful=True)
 
     def _load_estimator(self) -> Any:
@@ -451,6 +464,7 @@ class TrackerNode(LifecycleNode):
     def _process(self, frame: Frame) -> None:
         result = self.estimator.estimate(frame.rgb, frame.K)
         self.counters["frames_processed"] += 1
+        self.counters["frames_zoomed"] += int(result.zoomed[0])
         if self.overlay_publisher.get_subscription_count() > 0:  # drawn only while someone watches
             self._publish_overlay(frame, result)
         if not bool(result.valid[0]):
@@ -552,6 +566,7 @@ class TrackerNode(LifecycleNode):
             "lifecycle_state": self.lifecycle_label,
             "device": str(getattr(self.estimator, "device", "")),
             "model": str(getattr(self.estimator, "description", {}).get("path", "")),
+            "zoom_pass": getattr(self.estimator, "zoom", None) is not None,
             "last_rejection": self.last_rejection,
             **dict(self.counters),
         }

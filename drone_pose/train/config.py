@@ -67,6 +67,17 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class ZoomConfig:
+    """The estimator's zoomed second pass (drone_pose.nets.zoom). probability > 0: that share of
+    training samples is zoomed like the second pass, validation runs the second pass, and the
+    checkpoint asks the estimator for it. target_px: drone size (keypoint box diagonal, network px)."""
+
+    probability: float = 0.0
+    target_px: float = 110.0
+    max_zoom: float = 3.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One experiment. network: a preset name (drone_pose.nets.build.PRESETS) or a config mapping."""
 
@@ -76,6 +87,7 @@ class TrainConfig:
     init: str | None = None  # a drone_pose checkpoint whose weights start the run (fine-tuning)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    zoom: ZoomConfig = field(default_factory=ZoomConfig)
     seed: int = 1989
     epochs: int = 44
     batch_size: int = 24
@@ -142,6 +154,9 @@ def validate(config: TrainConfig) -> None:
         ("data.crop", config.data.crop is None or min(config.data.crop) >= 16, "a (width, height) >= 16 px"),
         ("loss.foreground_weight", config.loss.foreground_weight >= 0, "non-negative"),
         ("log_every", config.log_every >= 1, "at least 1"),
+        ("zoom.probability", 0 <= config.zoom.probability <= 1, "in [0, 1]"),
+        ("zoom.target_px", config.zoom.target_px > 0, "positive"),
+        ("zoom.max_zoom", config.zoom.max_zoom >= 1, "at least 1"),
     ]
     for key, ok, expected in checks:
         if not ok:

@@ -39,17 +39,19 @@ from drone_pose.data.augment import AugmentConfig
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import DroneModel, load_drone
 from drone_pose.data.uava import UAVADataset
+from drone_pose.estimator import EstimatorThresholds
 from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import evaluate_poses
 from drone_pose.nets.build import build_network, count_parameters, network_config
+from drone_pose.nets.decoding import decode_heatmaps, heatmap_to_image
 from drone_pose.nets.inference import HeatmapPredictor
+from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
 from drone_pose.pnp import solve_pnp
 from drone_pose.train.config import TrainConfig, config_to_dict
 from drone_pose.train.objectives import (
     centre_of_mass_keypoints,
     gaussian_targets,
     heatmap_loss,
-    keypoints_from_heatmaps,
     pose_losses,
 )
 
@@ -194,7 +196,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         train_loss, losses = _train_epoch(run, epoch, scaler, times, progress and main_process)
         validation_started = time.perf_counter()
         metrics = (
-            evaluate(run.predictor, run.val_data, run.drone, config.batch_size, run.device)
+            evaluate(
+                run.predictor, run.val_data, run.drone, config.batch_size, run.device, zoom_settings(config)
+            )
             if main_process
             else {}
         )
@@ -389,9 +393,15 @@ def _loader(run: TrainingRun, epoch: int) -> DataLoader:
 
 @torch.no_grad()
 def evaluate(
-    predictor: HeatmapPredictor, data: Dataset, drone: DroneModel, batch_size: int, device: torch.device
+    predictor: HeatmapPredictor,
+    data: Dataset,
+    drone: DroneModel,
+    batch_size: int,
+    device: torch.device,
+    zoom: ZoomSettings | None = None,
 ) -> dict[str, float]:
-    """The papers' metrics plus the mean keypoint error (pixels) of the network on `data`."""
+    """The papers' metrics plus the mean keypoint error (pixels) of the network on `data`; with
+    `zoom`, of its keypoints after the estimator's zoomed second pass."""
     was_training = predictor.training
     predictor.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -400,7 +410,14 @@ def evaluate(
     for batch in loader:
         images = batch["image"].to(device)
         heatmaps = predictor(images)
-        x2d = keypoints_from_heatmaps(heatmaps, images.shape[-1] / heatmaps.shape[-1]).cpu().double()
+        xy, confidences = decode_heatmaps(heatmaps)
+        x2d = heatmap_to_image(xy, images.shape[-1] / heatmaps.shape[-1])
+        if zoom is not None:
+            minimum = EstimatorThresholds().min_keypoint_confidence
+            x2d, _, _ = zoom_refine(
+                heatmap_locator(predictor), images, images, x2d, confidences, minimum, zoom
+            )
+        x2d = x2d.cpu().double()
         visible = keypoints_in_image(batch["keypoints"], images.shape[-1], images.shape[-2])
         distance = (x2d - batch["keypoints"].double()).norm(dim=-1)
         errors.append(distance[visible])
@@ -427,7 +444,17 @@ def evaluate(
 
 def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset, DroneModel, tuple[int, int]]:
     data = config.data
-    augment = AugmentConfig(crop=data.crop) if data.augment else None
+    zoom = config.zoom
+    augment = (
+        AugmentConfig(
+            crop=data.crop,
+            zoom_probability=zoom.probability,
+            zoom_target_px=zoom.target_px,
+            max_zoom=zoom.max_zoom,
+        )
+        if data.augment
+        else None
+    )
     if data.path is not None:
         train_set = ShardDataset(data.path, data.train_split, augment=augment, seed=config.seed)
         val_set = ShardDataset(data.path, data.val_split, augment=None, seed=config.seed)
@@ -445,6 +472,13 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset, DroneModel, tuple[
     if data.max_val_samples is not None:
         val_set = Subset(val_set, range(min(data.max_val_samples, len(val_set))))
     return train_set, val_set, drone, size
+
+
+def zoom_settings(config: TrainConfig) -> ZoomSettings | None:
+    """The second pass a run trains for (zoom.probability > 0), else None."""
+    if config.zoom.probability <= 0:
+        return None
+    return ZoomSettings(target_px=config.zoom.target_px, max_zoom=config.zoom.max_zoom)
 
 
 def _save_state(run: TrainingRun, epoch: int, path: Path) -> None:
@@ -469,6 +503,10 @@ def _load_state(run: TrainingRun, path: Path) -> None:
     saved, current = dict(state["config"]), config_to_dict(run.config)
     saved.pop("epochs", None)
     current.pop("epochs", None)
+    defaults = config_to_dict(TrainConfig())
+    for key in set(current) - set(saved):  # sections added since the state was saved, at their defaults
+        if current[key] == defaults.get(key):
+            saved[key] = current[key]
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
         raise ValueError(
@@ -505,6 +543,7 @@ def _save_best(run: TrainingRun, row: dict[str, Any]) -> None:
         heatmap_sigma=config.loss.sigma,
         training=training,
         metrics=metrics,
+        zoom=None if (settings := zoom_settings(config)) is None else settings.to_dict(),
     )
     save_checkpoint(checkpoint, config.run_dir() / "best.pt")
 

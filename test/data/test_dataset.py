@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from drone_pose.data.augment import AugmentConfig, GeometricSample, apply_warp, augment, warp_matrix
+from drone_pose.data.augment import (
+    AugmentConfig,
+    GeometricSample,
+    apply_warp,
+    augment,
+    random_geometric,
+    warp_matrix,
+)
 from drone_pose.data.dataset import RenderedDataset, ShardDataset
 from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import GenerationSpec, generate_dataset, render_sample
@@ -90,6 +97,31 @@ def test_augmentation_keeps_keypoints_inside_and_changes_the_image():
         assert not np.allclose(out.image, sample.image)
 
 
+def test_zoom_draws_centre_and_enlarge_the_drone_like_the_second_pass():
+    """A zoom draw keeps the pinhole model exact, puts the drone near the centre and enlarges it to
+    about the target (never shrinking it, at most max_zoom times)."""
+    drone = load_drone("m2ed")
+    config = AugmentConfig(zoom_probability=1.0, zoom_target_px=110.0, max_zoom=5.0)
+    enlarged = 0
+    for index in range(4):
+        sample = geometry_of(index=index)
+        size_before = float(np.linalg.norm(np.ptp(sample.keypoints, axis=0)))
+        for draw in range(3):
+            out = random_geometric(sample, np.random.default_rng(draw), config)
+            np.testing.assert_allclose(
+                out.keypoints, project(out.R, out.t, out.K, drone.keypoints), atol=1e-3
+            )
+            zoom = out.K[0, 0] / sample.K[0, 0]
+            assert 1.0 <= zoom <= 5.0 + 1e-9
+            size = float(np.linalg.norm(np.ptp(out.keypoints, axis=0)))
+            if size_before < 60:  # the target (110 px x 0.75..1.33) is within 5x: reached
+                assert 110 * 0.7 < size < 110 * 1.4
+                enlarged += 1
+            centre = (out.keypoints.min(0) + out.keypoints.max(0)) / 2
+            assert np.abs(centre - (160, 120)).max() <= 0.1 * size + 1
+    assert enlarged == 3  # the small drone of sample 2 (38 px), three draws
+
+
 def test_no_augmentation_is_the_identity():
     sample = geometry_of(index=2)
     out = augment(sample, np.random.default_rng(0), AugmentConfig.none())
@@ -100,6 +132,8 @@ def test_no_augmentation_is_the_identity():
 def test_bad_augment_config_is_named():
     with pytest.raises(ValueError, match=r"augment\.scale"):
         AugmentConfig(scale=(1.2, 0.8))
+    with pytest.raises(ValueError, match=r"augment\.zoom_probability"):
+        AugmentConfig(zoom_probability=2.0)
 
 
 def test_shard_dataset_matches_the_shards(dataset_root):

@@ -20,6 +20,8 @@ def test_bench_net_prints_figures_per_architecture(capsys):
     assert 0.2 < result["gflops"] < 0.4
     for key in ("latency_ms_batch1", "estimator_ms_batch1", "throughput_images_per_s_batch2"):
         assert result[key] > 0
+    # the forced second pass runs the network twice: measured side by side, it must cost more
+    assert result["estimator_two_pass_ms_batch1"] > result["estimator_ms_batch1"]
     assert report["machine"]["torch_threads"] >= 1
 
 

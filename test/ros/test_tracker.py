@@ -265,6 +265,8 @@ def test_thresholds_change_at_run_time_and_bad_values_are_refused(ros_node, flig
         assert set_one("max_reprojection_rms_px", 3.5).successful
         assert not set_one("max_reprojection_rms_px", -1.0).successful
         assert not set_one("checkpoint", "/elsewhere.pt").successful
+        assert set_one("zoom_pass", False).successful
+        assert not set_one("zoom_pass", 2).successful  # declared bool
         future = client.get_parameters(
             ["max_reprojection_rms_px", "checkpoint", "drone_frame", "input_queue_depth"]
         )

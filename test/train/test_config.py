@@ -26,7 +26,7 @@ def test_shipped_experiments_load_with_the_study_defaults(path, data_dir, monkey
     monkeypatch.chdir(data_dir)
     config = load_config(path)
     assert config.name == path.stem
-    if path.stem.endswith("_lite_lh"):
+    if "_lite_" in path.stem:
         assert (config.seed, config.batch_size, config.data.crop) == (1989, 16, (192, 160))
         assert config.loss.foreground_weight == 10.0
     else:
@@ -62,6 +62,8 @@ def test_overrides_and_yaml_numbers(data_dir):
         (["optim.betas=[0.9]"], "optim.betas must be a list of 2"),
         (["data.path=/no/such/folder"], "data.path: dataset folder not found"),
         (["metric=speed"], "metric must be one of"),
+        (["zoom.probability=1.5"], r"zoom\.probability must be in \[0, 1\]"),
+        (["zoom.max_zoom=0.5"], r"zoom\.max_zoom must be at least 1"),
         (["epochs"], "must look like key.sub=value"),
     ],
 )

@@ -13,6 +13,8 @@ import torch
 from drone_pose.checkpoint import load_checkpoint
 from drone_pose.data.generate import generate_dataset
 from drone_pose.estimator import PoseEstimator
+from drone_pose.model_card import write_model_card
+from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.train.config import load_config
 from drone_pose.train.trainer import prepare, train
 
@@ -136,6 +138,45 @@ def test_init_starts_a_higher_hrnet_from_the_plain_hrnet_checkpoint(tiny_data, t
     other = json.dumps({**TINY_NET, "stem_channels": 8})
     with pytest.raises(ValueError, match="different network"):
         prepare(config(tiny_data, tmp_path, "other", f"network={other}", f"init={start}"))
+
+
+def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_older_states(
+    tiny_data, tmp_path
+):
+    """zoom.probability > 0: the checkpoint carries input.zoom and PoseEstimator runs that pass; a
+    training state saved before the zoom section existed still resumes (the section at its default)."""
+    zoomed = config(
+        tiny_data, tmp_path, "zoomed", "epochs=1", "zoom={probability: 0.5, target_px: 40, max_zoom: 2}"
+    )
+    train(zoomed, progress=False)
+    best = tmp_path / "zoomed" / "best.pt"
+    assert load_checkpoint(best)["input"]["zoom"] == {"target_px": 40.0, "max_zoom": 2.0}
+    assert PoseEstimator.from_checkpoint(best, device="cpu", warm_up=False).zoom == ZoomSettings(40.0, 2.0)
+    assert PoseEstimator.from_checkpoint(best, device="cpu", warm_up=False, zoom=None).zoom is None
+
+    heldout = tmp_path / "heldout"
+    generate_dataset(
+        "m2ed", 4, heldout, seed=5, workers=1, width=128, height=96, fractions=(0, 0, 1), progress=False
+    )
+    figures = write_model_card(
+        best, tmp_path / "zoomed", heldout, tmp_path / "card" / "tiny", "synth ...", "synth heldout ..."
+    )
+    card = (tmp_path / "card" / "tiny.md").read_text()
+    assert figures["zoom"] == {"target_px": 40.0, "max_zoom": 2.0}
+    assert set(figures["heldout_one_pass"]) >= {"ACC5", "ADD5", "keypoint_px"}
+    assert "heldout/test, two passes |" in card
+    assert "heldout/test, one pass |" in card
+    assert "zoomed like the second pass" in card
+
+    plain = config(tiny_data, tmp_path, "plain", "epochs=1")
+    train(plain, progress=False)
+    assert "zoom" not in load_checkpoint(tmp_path / "plain" / "best.pt")["input"]
+    state_path = tmp_path / "plain" / "last.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["config"]["zoom"]  # as written before this section existed
+    torch.save(state, state_path)
+    resumed = train(config(tiny_data, tmp_path, "plain", "epochs=2"), resume=True, progress=False)
+    assert [row["epoch"] for row in resumed["history"]] == [1, 2]
 
 
 def test_distributed_data_parallel_under_torchrun(tiny_data, tmp_path):
