@@ -172,7 +172,8 @@ class PoseEstimator:
         timings["decode"] = self._clock() - start
 
         zoomed = torch.zeros(batch, dtype=torch.bool)
-        if self.zoom is not None:
+        zoom = self.zoom  # read once: the node may switch it from another thread
+        if zoom is not None:
             start = self._clock()
             keypoints, confidences, zoomed = zoom_refine(
                 heatmap_locator(self._network_pass),
@@ -181,7 +182,7 @@ class PoseEstimator:
                 keypoints.float(),
                 confidences.float(),
                 self.thresholds.min_keypoint_confidence,
-                self.zoom,
+                zoom,
             )
             zoomed = zoomed.cpu()
             timings["zoom"] = self._clock() - start
