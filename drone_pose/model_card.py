@@ -141,9 +141,15 @@ def _step_seconds(curve: list[dict[str, str]]) -> float | None:
     return round(float(np.mean(per_step)), 3)
 
 
-def _zoom_recipe(config: dict[str, Any]) -> str:
+def _trained_zoom(config: dict[str, Any]) -> dict[str, float] | None:
+    """The run's zoom section when it trained for the second pass, else None."""
     zoom = config.get("zoom", {})
-    if zoom.get("probability", 0) <= 0:
+    return zoom if zoom.get("probability", 0) > 0 else None
+
+
+def _zoom_recipe(config: dict[str, Any]) -> str:
+    zoom = _trained_zoom(config)
+    if zoom is None:
         return ""
     return (
         f", {100 * zoom['probability']:.0f} % of the training windows zoomed like the second pass "
@@ -224,7 +230,7 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         f"torch {figures['hardware']['torch']}, GPU: {figures['hardware']['cuda'] or 'none'}.",
         "",
         "Validation curve (full 320x240 frames"
-        + (", with the second pass" if config.get("zoom", {}).get("probability", 0) > 0 else "")
+        + (", with the second pass" if _trained_zoom(config) else "")
         + "):",
         "",
         "| epoch | train loss | keypoint px | ACC5 | ADD5 |",

@@ -200,7 +200,7 @@ def _zoom_draw(
     scale = float(np.clip(target / size, 1.0, config.max_zoom))
     centre = np.array([width / 2.0, height / 2.0])
     offset = rng.uniform(-1.0, 1.0, 2) * config.zoom_centre_jitter * size * scale
-    shift = centre + offset - centre - scale * ((low + high) / 2.0 - centre)
+    shift = offset - scale * ((low + high) / 2.0 - centre)  # drone centre -> image centre + offset
     return scale, (float(shift[0]), float(shift[1]))
 
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from drone_pose.nets.decoding import decode_heatmaps, heatmap_to_image, image_to_heatmap
+from drone_pose.nets.decoding import heatmap_to_image, image_to_heatmap
 from drone_pose.pnp import epnp, pnp_layer, projection_loss, regression_loss
 
 
@@ -63,12 +63,6 @@ def heatmap_loss(
 def heatmaps_at_finest(outputs: list[Tensor], keypoints: int) -> list[Tensor]:
     """The keypoint channels of every network output (HigherHRNet: 1/4 then 1/2)."""
     return [o[:, :keypoints].float() for o in outputs]
-
-
-def keypoints_from_heatmaps(heatmaps: Tensor, stride: float) -> Tensor:
-    """Image-pixel keypoints [B,K,2] from heatmaps [B,K,h,w] with the inference decoder."""
-    xy, _ = decode_heatmaps(heatmaps)
-    return heatmap_to_image(xy, stride)
 
 
 def centre_of_mass_keypoints(heatmaps: Tensor, stride: float, radius: int = 6) -> Tensor:

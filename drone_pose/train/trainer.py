@@ -407,16 +407,14 @@ def evaluate(
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
     R_all, t_all, R_gt, t_gt, K_all, errors = [], [], [], [], [], []
+    locate, minimum = heatmap_locator(predictor), EstimatorThresholds().min_keypoint_confidence
     for batch in loader:
         images = batch["image"].to(device)
         heatmaps = predictor(images)
         xy, confidences = decode_heatmaps(heatmaps)
         x2d = heatmap_to_image(xy, images.shape[-1] / heatmaps.shape[-1])
         if zoom is not None:
-            minimum = EstimatorThresholds().min_keypoint_confidence
-            x2d, _, _ = zoom_refine(
-                heatmap_locator(predictor), images, images, x2d, confidences, minimum, zoom
-            )
+            x2d, _, _ = zoom_refine(locate, images, images, x2d, confidences, minimum, zoom)
         x2d = x2d.cpu().double()
         visible = keypoints_in_image(batch["keypoints"], images.shape[-1], images.shape[-2])
         distance = (x2d - batch["keypoints"].double()).norm(dim=-1)
