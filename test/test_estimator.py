@@ -12,7 +12,7 @@ from drone_pose.checkpoint import CheckpointError, make_checkpoint, save_checkpo
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import generate_dataset
-from drone_pose.estimator import PoseEstimator
+from drone_pose.estimator import EstimatorThresholds, PoseEstimator, keypoint_weights
 from drone_pose.geometry.camera import PinholeCamera, project_points
 from drone_pose.geometry.rotations import axis_angle_to_matrix
 from drone_pose.nets import build_network, image_to_heatmap
@@ -25,10 +25,13 @@ INPUT = (320, 240)
 class HeatmapStandIn(nn.Module):
     """Plumbing stand-in for a network: returns Gaussian heatmaps at given keypoints, ignores pixels."""
 
-    def __init__(self, keypoints_input_px: torch.Tensor, strides: tuple[int, ...]) -> None:
+    def __init__(
+        self, keypoints_input_px: torch.Tensor, strides: tuple[int, ...], peaks: torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.keypoints = keypoints_input_px  # [B,K,2] network-input pixels
         self.strides = strides
+        self.peaks = torch.ones(keypoints_input_px.shape[:2]) if peaks is None else peaks  # [B,K]
         self.anchor = nn.Parameter(torch.zeros(1))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -41,7 +44,7 @@ class HeatmapStandIn(nn.Module):
             )
             sigma = 2.0 * 4 / stride
             d2 = (xx - centre[..., 0, None, None]) ** 2 + (yy - centre[..., 1, None, None]) ** 2
-            outputs.append(torch.exp(-d2 / (2 * sigma**2)) + self.anchor)
+            outputs.append(self.peaks[..., None, None] * torch.exp(-d2 / (2 * sigma**2)) + self.anchor)
         return outputs
 
 
@@ -78,6 +81,43 @@ def test_estimator_recovers_a_known_pose_from_consistent_heatmaps(
     assert rotation.max() < degrees_tolerance
     assert (translation / t.norm(dim=-1)).max() < 20 * pixel_tolerance / 100
     assert set(result.timings_ms) == {"preprocess", "network", "decode", "pnp", "total"}
+
+
+def test_keypoint_weights_follow_confidence_relative_to_the_best_keypoint():
+    confidences = torch.tensor([[0.9, 0.45, 0.05, 0.9], [-0.2, -0.1, -0.3, -0.4]], dtype=torch.float64)
+    weights = keypoint_weights(confidences, min_confidence=0.1, power=4.0)
+    torch.testing.assert_close(weights[0], torch.tensor([1.0, 0.5**4, 0.0, 1.0], dtype=torch.float64))
+    assert (weights[1] == 0).all()  # nothing confident: nothing to weigh
+    permissive = keypoint_weights(confidences, min_confidence=-1.0, power=4.0)  # all kept, peaks <= 0
+    assert torch.isfinite(permissive).all()
+    assert ((permissive > 0) & (permissive <= 1)).all()
+    assert (keypoint_weights(confidences, 0.1, power=0.0) == (confidences >= 0.1)).all()
+
+
+def test_pnp_trusts_confident_keypoints_more():
+    """One keypoint 3 px off with a low heatmap peak (0.6): the weighted pose barely moves."""
+    drone = load_drone("m2ed")
+    K = PinholeCamera.uava().K(torch.float64)
+    R, t = known_poses(1)
+    uv, _ = project_points(drone.keypoints_tensor(torch.float64), R, t, K)
+    observed, peaks = uv.clone(), torch.ones(uv.shape[:2])
+    observed[0, 3] += torch.tensor([3.0, -2.0], dtype=torch.float64)
+    peaks[0, 3] = 0.6
+    image = np.zeros((1, INPUT[1], INPUT[0], 3), np.uint8)
+    errors = {}
+    for power in (0.0, 4.0):
+        estimator = PoseEstimator(
+            HeatmapStandIn(observed, (4,), peaks),
+            drone.keypoints,
+            INPUT,
+            thresholds=EstimatorThresholds(keypoint_confidence_power=power),
+            warm_up=False,
+        )
+        result = estimator.estimate(image, K.numpy())
+        assert result.valid.all(), result.reasons
+        errors[power] = pose_errors_deg_m(result.R, result.t, R, t)
+    assert errors[4.0][0] < 0.3 * errors[0.0][0]  # rotation, degrees
+    assert errors[4.0][1] < 0.3 * errors[0.0][1]  # translation, metres
 
 
 @pytest.fixture(scope="module")

@@ -286,6 +286,13 @@ class TrackerNode(LifecycleNode):
             describe("heatmap peak below which a keypoint is ignored (negative: keep all)", -1.0, 1.0),
         )
         self.declare_parameter(
+            "keypoint_confidence_power",
+            4.0,
+            describe(
+                "PnP weighs a keypoint by (its heatmap peak / the best one) ** this (0: equally)", 0.0, 16.0
+            ),
+        )
+        self.declare_parameter(
             "max_reprojection_rms_px",
             8.0,
             describe("reject poses whose keypoint RMS reprojection error exceeds this", 0.0, 1.0e6),
@@ -314,11 +321,14 @@ class TrackerNode(LifecycleNode):
             describe("images with more pixels are rejected (image_too_large) before any copy"),
         )
 
+    # run-time parameters that are EstimatorThresholds fields of the same name
+    _THRESHOLD_FIELDS = ("min_keypoint_confidence", "max_reprojection_rms_px", "keypoint_confidence_power")
+
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         updates = {}
         zoom_pass = None
         for parameter in parameters:
-            if parameter.name in ("min_keypoint_confidence", "max_reprojection_rms_px"):
+            if parameter.name in self._THRESHOLD_FIELDS:
                 value = float(parameter.value)
                 if not math.isfinite(value) or (parameter.name == "max_reprojection_rms_px" and value <= 0):
                     reason = f"{parameter.name}: bad value {value}"
@@ -354,8 +364,7 @@ class TrackerNode(LifecycleNode):
         checkpoint = self.get_parameter("checkpoint").value or None
         device = self.get_parameter("device").value
         thresholds = EstimatorThresholds(
-            min_keypoint_confidence=float(self.get_parameter("min_keypoint_confidence").value),
-            max_reprojection_rms_px=float(self.get_parameter("max_reprojection_rms_px").value),
+            **{name: float(self.get_parameter(name).value) for name in self._THRESHOLD_FIELDS}
         )
         return PoseEstimator.from_checkpoint(
             checkpoint,

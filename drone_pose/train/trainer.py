@@ -39,7 +39,7 @@ from drone_pose.data.augment import AugmentConfig
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import DroneModel, load_drone
 from drone_pose.data.uava import UAVADataset
-from drone_pose.estimator import EstimatorThresholds
+from drone_pose.estimator import EstimatorThresholds, keypoint_weights
 from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import evaluate_poses
 from drone_pose.nets.build import build_network, count_parameters, network_config
@@ -401,25 +401,28 @@ def evaluate(
     zoom: ZoomSettings | None = None,
 ) -> dict[str, float]:
     """The papers' metrics plus the mean keypoint error (pixels) of the network on `data`; with
-    `zoom`, of its keypoints after the estimator's zoomed second pass."""
+    `zoom`, of its keypoints after the estimator's zoomed second pass. Poses come from the
+    estimator's PnP (confidence weights, Huber), so model selection scores what inference does."""
     was_training = predictor.training
     predictor.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
     R_all, t_all, R_gt, t_gt, K_all, errors = [], [], [], [], [], []
-    locate, minimum = heatmap_locator(predictor), EstimatorThresholds().min_keypoint_confidence
+    locate, thresholds = heatmap_locator(predictor), EstimatorThresholds()
+    minimum = thresholds.min_keypoint_confidence
     for batch in loader:
         images = batch["image"].to(device)
         heatmaps = predictor(images)
         xy, confidences = decode_heatmaps(heatmaps)
         x2d = heatmap_to_image(xy, images.shape[-1] / heatmaps.shape[-1])
         if zoom is not None:
-            x2d, _, _ = zoom_refine(locate, images, images, x2d, confidences, minimum, zoom)
+            x2d, confidences, _ = zoom_refine(locate, images, images, x2d, confidences, minimum, zoom)
         x2d = x2d.cpu().double()
+        weights = keypoint_weights(confidences.cpu().double(), minimum, thresholds.keypoint_confidence_power)
         visible = keypoints_in_image(batch["keypoints"], images.shape[-1], images.shape[-2])
         distance = (x2d - batch["keypoints"].double()).norm(dim=-1)
         errors.append(distance[visible])
-        result = solve_pnp(x2d, x3d, batch["K"].double())
+        result = solve_pnp(x2d, x3d, batch["K"].double(), weights=weights, huber=thresholds.huber_px)
         R_all.append(result.R)
         t_all.append(result.t)
         R_gt.append(batch["R"].double())
