@@ -27,7 +27,7 @@ from drone_pose.geometry.camera import project_points, validate_intrinsics
 from drone_pose.nets.decoding import decode_heatmaps
 from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
 from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
-from drone_pose.pnp import PnPStatus, solve_pnp
+from drone_pose.pnp import PnPResult, PnPStatus, solve_pnp
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,17 @@ def keypoint_weights(confidences: Tensor, min_confidence: float, power: float) -
     best = torch.where(confident, confidences, torch.zeros_like(confidences)).amax(-1, keepdim=True)
     relative = (confidences / best.clamp_min(1e-6)).clamp(0.1, 1.0)
     return torch.where(confident, relative**power, torch.zeros_like(relative))
+
+
+def keypoint_pnp(
+    keypoints: Tensor, confidences: Tensor, keypoints_3d: Tensor, K: Tensor, thresholds: EstimatorThresholds
+) -> PnPResult:
+    """The estimator's PnP: keypoints [B,K,2] image px with confidences [B,K], model keypoints [K,3]
+    metres, K [B,3,3]; confidence weights (keypoint_weights) and the Huber kernel of `thresholds`."""
+    weights = keypoint_weights(
+        confidences, thresholds.min_keypoint_confidence, thresholds.keypoint_confidence_power
+    )
+    return solve_pnp(keypoints, keypoints_3d, K, weights=weights, huber=thresholds.huber_px)
 
 
 @dataclass(frozen=True)
@@ -210,10 +221,7 @@ class PoseEstimator:
         start = self._clock()
         thresholds = self.thresholds
         confident = confidences >= thresholds.min_keypoint_confidence
-        weights = keypoint_weights(
-            confidences, thresholds.min_keypoint_confidence, thresholds.keypoint_confidence_power
-        )
-        result = solve_pnp(keypoints, self.keypoints_3d, K64, weights=weights, huber=thresholds.huber_px)
+        result = keypoint_pnp(keypoints, confidences, self.keypoints_3d, K64, thresholds)
         reprojected, _ = project_points(self.keypoints_3d, result.R, result.t, K64)
         squared = ((reprojected - keypoints) ** 2).sum(-1)
         rms = torch.sqrt((squared * confident).sum(-1) / confident.sum(-1).clamp_min(1))

@@ -39,14 +39,13 @@ from drone_pose.data.augment import AugmentConfig
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import DroneModel, load_drone
 from drone_pose.data.uava import UAVADataset
-from drone_pose.estimator import EstimatorThresholds, keypoint_weights
+from drone_pose.estimator import EstimatorThresholds, keypoint_pnp
 from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import evaluate_poses
 from drone_pose.nets.build import build_network, count_parameters, network_config
 from drone_pose.nets.decoding import decode_heatmaps, heatmap_to_image
 from drone_pose.nets.inference import HeatmapPredictor
 from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
-from drone_pose.pnp import solve_pnp
 from drone_pose.train.config import TrainConfig, config_to_dict
 from drone_pose.train.objectives import (
     centre_of_mass_keypoints,
@@ -418,11 +417,10 @@ def evaluate(
         if zoom is not None:
             x2d, confidences, _ = zoom_refine(locate, images, images, x2d, confidences, minimum, zoom)
         x2d = x2d.cpu().double()
-        weights = keypoint_weights(confidences.cpu().double(), minimum, thresholds.keypoint_confidence_power)
         visible = keypoints_in_image(batch["keypoints"], images.shape[-1], images.shape[-2])
         distance = (x2d - batch["keypoints"].double()).norm(dim=-1)
         errors.append(distance[visible])
-        result = solve_pnp(x2d, x3d, batch["K"].double(), weights=weights, huber=thresholds.huber_px)
+        result = keypoint_pnp(x2d, confidences.cpu().double(), x3d, batch["K"].double(), thresholds)
         R_all.append(result.R)
         t_all.append(result.t)
         R_gt.append(batch["R"].double())
