@@ -8,6 +8,8 @@ untrusted input; no pickled code). Fields:
     input: {width, height, mean [3], std [3]} (RGB in [0, 1], normalised by mean/std)
     heatmaps: {sigma} (std of the training target Gaussians, heatmap pixels)
     training: free-form summary (data, epochs, hardware, timings); metrics: evaluation table
+    pose_covariance (optional): {translation, rotation, samples}, variance scales for the PnP
+        covariance fitted on validation data (drone_pose.geometry.pose_covariance); absent: 1
     state_dict: network weights
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.nets.build import NetworkConfigError, build_network, network_config
 from drone_pose.nets.hrnet import StageConfig
 from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD
@@ -57,11 +60,13 @@ def make_checkpoint(
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     zoom: dict[str, float] | None = None,
+    covariance_scales: CovarianceScales | None = None,
 ) -> dict[str, Any]:
     """A checkpoint dict for `network` built from `network_spec`, trained for `drone` (a DroneModel).
 
     zoom: {target_px, max_zoom} of the zoomed second pass the network was trained for (stored as
-    input.zoom; the estimator runs it by default), or None.
+    input.zoom; the estimator runs it by default), or None. covariance_scales: fitted on validation
+    data (stored as pose_covariance; the estimator applies them), or None.
     """
     width, height = input_size
     checkpoint = {
@@ -87,6 +92,8 @@ def make_checkpoint(
     }
     if zoom is not None:
         checkpoint["input"]["zoom"] = {key: float(value) for key, value in zoom.items()}
+    if covariance_scales is not None:
+        checkpoint["pose_covariance"] = covariance_scales.to_dict()
     return checkpoint
 
 
@@ -176,6 +183,14 @@ def validate_checkpoint(checkpoint: Any, where: str) -> None:
         and zoom["max_zoom"] >= 1
     ):
         raise CheckpointError(f"{where}: input.zoom must be {{target_px > 0, max_zoom >= 1}}, got {zoom!r}")
+    scales = checkpoint.get("pose_covariance")
+    try:
+        if scales is not None:
+            CovarianceScales.from_dict(dict(scales))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(
+            f"{where}: pose_covariance must be {{translation > 0, rotation > 0, samples}}, got {scales!r}"
+        ) from error
     if not all(isinstance(v, torch.Tensor) for v in checkpoint["state_dict"].values()):
         raise CheckpointError(f"{where}: state_dict must map names to tensors")
 

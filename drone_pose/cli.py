@@ -195,6 +195,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate_covariance(args: argparse.Namespace) -> int:
+    from drone_pose.calibrate_covariance import calibrate_checkpoint
+
+    summary = calibrate_checkpoint(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        out=args.out,
+        uava_drone=args.uava_drone,
+        device=args.device,
+        batch_size=args.batch_size,
+        limit=args.limit,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _zoom_option(text: str) -> ZoomSettings | str | None:
     """--zoom: checkpoint (its input.zoom), off, or TARGET_PX[,MAX_ZOOM]."""
     from drone_pose.nets.zoom import ZoomSettings
@@ -499,6 +516,20 @@ def build_parser() -> argparse.ArgumentParser:
         "TARGET_PX[,MAX_ZOOM]",
     )
     evaluation.set_defaults(run=_cmd_eval)
+
+    calibrate = commands.add_parser(
+        "calibrate-covariance",
+        help="fit a checkpoint's pose covariance scales on labelled data and store them in it",
+    )
+    calibrate.add_argument("--checkpoint", required=True)
+    calibrate.add_argument("--data", required=True, help="dataset folder (drone-pose synth) or UAVA root")
+    calibrate.add_argument("--split", default="val", help="a split neither trained nor tested on")
+    calibrate.add_argument("--uava-drone", help="read --data as a UAVA root for this drone")
+    calibrate.add_argument("--out", help="write the calibrated checkpoint here (default: in place)")
+    calibrate.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    calibrate.add_argument("--batch-size", type=int, default=16)
+    calibrate.add_argument("--limit", type=int, help="only the first N samples")
+    calibrate.set_defaults(run=_cmd_calibrate_covariance)
 
     budget = commands.add_parser(
         "keypoint-budget",

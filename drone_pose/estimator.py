@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from drone_pose.checkpoint import DEFAULT_DRONE, default_checkpoint, load_checkpoint, network_from_checkpoint
 from drone_pose.geometry.camera import project_points, validate_intrinsics
+from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.nets.decoding import decode_heatmaps
 from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
 from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
@@ -73,7 +74,8 @@ class PoseEstimate:
     """Results for a batch of B images (tensors on the CPU).
 
     keypoints [B,K,2] original-image pixels; confidences [B,K]; R [B,3,3], t [B,3] metres
-    (camera optical frame <- drone body frame); covariance [B,6,6] (tx, ty, tz, rx, ry, rz);
+    (camera optical frame <- drone body frame); covariance [B,6,6] (tx, ty, tz, rx, ry, rz),
+    PnP's, scaled by the estimator's covariance_scales;
     reprojection_rms [B] px; valid [B] bool; reasons: per image "" when valid, else why not;
     timings_ms: stage -> milliseconds for the whole batch; zoomed [B] bool: keypoints from the
     zoomed second pass (all False without zoom settings).
@@ -96,7 +98,8 @@ class PoseEstimator:
 
     network: images [B,3,H,W] normalised -> list of heatmaps, finest last; keypoints_3d [K,3]
     metres; input_size (width, height) of the network; mean/std: RGB normalisation; zoom: the
-    zoomed second pass for small drones, or None for one pass.
+    zoomed second pass for small drones, or None for one pass; covariance_scales: variance factors
+    for the PnP covariance (a checkpoint's pose_covariance), None for the covariance PnP reports.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class PoseEstimator:
         warm_up: bool = True,
         description: dict | None = None,
         zoom: ZoomSettings | None = None,
+        covariance_scales: CovarianceScales | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.use_cuda = self.device.type == "cuda"
@@ -125,6 +129,7 @@ class PoseEstimator:
         self.thresholds = thresholds or EstimatorThresholds()
         self.description = description or {}
         self.zoom = zoom
+        self.covariance_scales = covariance_scales or CovarianceScales()
         if warm_up:
             self.estimate(
                 np.zeros((self.input_height, self.input_width, 3), np.uint8), _centre_intrinsics(input_size)
@@ -147,7 +152,9 @@ class PoseEstimator:
         network = network_from_checkpoint(checkpoint, str(path))
         spec = checkpoint["input"]
         description = {
-            k: checkpoint[k] for k in ("network", "drone", "training", "metrics") if k in checkpoint
+            k: checkpoint[k]
+            for k in ("network", "drone", "training", "metrics", "pose_covariance")
+            if k in checkpoint
         }
         description["path"] = str(path)
         return cls(
@@ -159,6 +166,7 @@ class PoseEstimator:
             device=device,
             description=description,
             zoom=ZoomSettings.from_dict(spec.get("zoom")) if zoom == "checkpoint" else zoom,
+            covariance_scales=CovarianceScales.from_dict(checkpoint.get("pose_covariance")),
             **options,
         )
 
@@ -244,7 +252,7 @@ class PoseEstimator:
             confidences,
             result.R,
             result.t,
-            result.covariance,
+            self.covariance_scales.apply(result.covariance),
             rms,
             valid,
             reasons,

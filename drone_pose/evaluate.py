@@ -5,20 +5,23 @@ over a dataset split, scored with the papers' metrics, written as a report with 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import DroneModel
 from drone_pose.data.uava import UAVADataset
-from drone_pose.estimator import PoseEstimator
+from drone_pose.estimator import PoseEstimate, PoseEstimator
 from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
+from drone_pose.geometry.pose_covariance import covariance_consistency, pose_error_vectors
 from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
@@ -51,17 +54,15 @@ def evaluate_checkpoint(
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     drone = _drone_of(estimator)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
-    R, t, R_gt, t_gt, K_all, kp_err, kept_images = [], [], [], [], [], [], []
+    R, t, R_gt, t_gt, K_all, kp_err, kept_images, covariances = [], [], [], [], [], [], [], []
     valid = zoomed = 0
     started = time.perf_counter()
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
-        images = (batch["image"].permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).numpy()
-        K = batch["K"].double()
-        result = estimator.estimate(images, K)
+    for batch, images, K, result in estimate_batches(estimator, dataset, batch_size):
         valid += int(result.valid.sum())
         zoomed += int(result.zoomed.sum())
         R.append(result.R)
         t.append(result.t)
+        covariances.append(result.covariance)
         R_gt.append(batch["R"].double())
         t_gt.append(batch["t"].double())
         K_all.append(K)
@@ -87,6 +88,7 @@ def evaluate_checkpoint(
     metrics = summarize_errors(errors, drone.diagonal)
     metrics["valid_fraction"] = valid / max(len(R), 1)
     metrics["zoomed_fraction"] = zoomed / max(len(R), 1)
+    metrics.update(covariance_consistency(pose_error_vectors(R, t, R_gt, t_gt), torch.cat(covariances)))
     keypoint_errors = torch.cat(kp_err).numpy()
     metrics["keypoint_px"] = float(np.nanmean(keypoint_errors))
     label = f"{Path(checkpoint).name} on {Path(data).name}/{split}"
@@ -119,6 +121,17 @@ def evaluate_checkpoint(
             cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
             summary["files"][f"overlay_{i:02d}"] = str(path)
     return summary
+
+
+def estimate_batches(
+    estimator: PoseEstimator, dataset: Dataset, batch_size: int
+) -> Iterator[tuple[dict[str, Tensor], np.ndarray, Tensor, PoseEstimate]]:
+    """(batch, uint8 images [B,H,W,3], K [B,3,3] float64, estimate) over a dataset, in order: the
+    dataset's [0, 1] float images are quantised to what a camera driver delivers."""
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+        images = (batch["image"].permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).numpy()
+        K = batch["K"].double()
+        yield batch, images, K, estimator.estimate(images, K)
 
 
 def _drone_of(estimator: PoseEstimator) -> DroneModel:

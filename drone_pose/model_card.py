@@ -92,6 +92,7 @@ def write_model_card(
         "parameters_m": round(sum(v.numel() for v in description["state_dict"].values()) / 1e6, 3),
         "heldout": {"command": heldout_command, "samples": full["samples"], "metrics": full["metrics"]},
         "zoom": zoom,
+        "pose_covariance": description.get("pose_covariance"),
         "heldout_one_pass": None if one_pass is None else one_pass["metrics"],
         "check": {"samples": check["samples"], "metrics": check["metrics"]},
         "keypoint_budget": budget["rows"],
@@ -157,6 +158,25 @@ def _zoom_recipe(config: dict[str, Any]) -> str:
     )
 
 
+def _covariance_text(scales: dict[str, Any] | None, metrics: dict[str, Any]) -> str:
+    """What the published covariance (PoseWithCovarianceStamped) is and how well it fits the errors."""
+    source = (
+        "PnP's covariance as the solver reports it (no pose_covariance scales: fit them with "
+        "`drone-pose calibrate-covariance`)"
+        if not scales
+        else f"PnP's covariance times the checkpoint's variance scales (pose_covariance: translation "
+        f"{scales['translation']:.2f}, rotation {scales['rotation']:.2f}, fitted on {scales['samples']} "
+        "validation poses)"
+    )
+    if "covariance_ratio" not in metrics:
+        return f"Pose covariance: {source}."
+    return (
+        f"Pose covariance: {source}. On this set the median squared Mahalanobis distance of the pose "
+        f"errors is {metrics['covariance_ratio']:.2f}x its chi-square median (1 when calibrated) and "
+        f"{metrics['covariance_cover95']:.1f} % of the poses lie inside their 95 % ellipsoid."
+    )
+
+
 def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
     drone = figures["drone"]
     metrics = figures["heldout"]["metrics"]
@@ -191,6 +211,7 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
             "the same network with `drone-pose eval --zoom off`.",
             "",
         ]
+    lines += [_covariance_text(figures.get("pose_covariance"), metrics), ""]
     if acceptance:
         verdict = all(metrics[key] >= value for key, value in acceptance.items())
         lines += [

@@ -64,13 +64,25 @@ def write_report(
         "per_keypoint_px": dict(zip(keypoint_names, map(float, per_keypoint), strict=False)),
     }
     paths["json"].write_text(json.dumps(document, indent=2))
-    paths["markdown"].write_text(f"# {label}\n\n" + markdown_table([(label, metrics)]))
+    table = markdown_table([(label, metrics)])
+    paths["markdown"].write_text(f"# {label}\n\n" + table + _covariance_line(metrics))
     with paths["samples"].open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(list(samples))
         writer.writerows(zip(*(np.asarray(v).tolist() for v in samples.values()), strict=True))
     paths.update(_plots(out, samples, per_keypoint, keypoint_names))
     return {key: str(path) for key, path in paths.items()}
+
+
+def _covariance_line(metrics: dict[str, Any]) -> str:
+    """The pose covariance's consistency with the errors, when measured (drone_pose.evaluate)."""
+    if "covariance_ratio" not in metrics:
+        return ""
+    return (
+        f"\nPose covariance: median squared Mahalanobis distance / chi-square median "
+        f"{metrics['covariance_ratio']:.2f} (1 when calibrated); {metrics['covariance_cover95']:.1f} % of "
+        "poses inside their 95 % ellipsoid.\n"
+    )
 
 
 def _plots(

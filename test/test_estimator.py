@@ -162,6 +162,11 @@ def test_checkpoint_errors_are_clear(lite_checkpoint, tmp_path):
     checkpoint["drone"]["keypoints"] = checkpoint["drone"]["keypoints"][:5]
     with pytest.raises(CheckpointError, match="9 heatmaps but drone has 5"):
         save_checkpoint(checkpoint, tmp_path / "five.pt")
+    for bad in ({"translation": -1.0, "rotation": 1.0}, {"translation": 2.0}, [2.0, 2.0]):
+        checkpoint = torch.load(lite_checkpoint, weights_only=True)
+        checkpoint["pose_covariance"] = bad
+        with pytest.raises(CheckpointError, match="pose_covariance must be"):
+            save_checkpoint(checkpoint, tmp_path / "scales.pt")
 
 
 def test_bad_images_and_intrinsics_are_rejected(lite_checkpoint):

@@ -42,6 +42,7 @@ from drone_pose.data.uava import UAVADataset
 from drone_pose.estimator import EstimatorThresholds, keypoint_pnp
 from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import evaluate_poses
+from drone_pose.geometry.pose_covariance import CovarianceScales, fit_covariance_scales, pose_error_vectors
 from drone_pose.nets.build import build_network, count_parameters, network_config
 from drone_pose.nets.decoding import decode_heatmaps, heatmap_to_image
 from drone_pose.nets.inference import HeatmapPredictor
@@ -401,12 +402,14 @@ def evaluate(
 ) -> dict[str, float]:
     """The papers' metrics plus the mean keypoint error (pixels) of the network on `data`; with
     `zoom`, of its keypoints after the estimator's zoomed second pass. Poses come from the
-    estimator's PnP (confidence weights, Huber), so model selection scores what inference does."""
+    estimator's PnP (confidence weights, Huber), so model selection scores what inference does.
+    Also the variance scales that calibrate PnP's covariance on `data` (covariance_translation_scale,
+    covariance_rotation_scale, covariance_fit_samples; see fit_covariance_scales)."""
     was_training = predictor.training
     predictor.eval()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
-    R_all, t_all, R_gt, t_gt, K_all, errors = [], [], [], [], [], []
+    R_all, t_all, R_gt, t_gt, K_all, errors, covariances = [], [], [], [], [], [], []
     locate, thresholds = heatmap_locator(predictor), EstimatorThresholds()
     minimum = thresholds.min_keypoint_confidence
     for batch in loader:
@@ -423,6 +426,7 @@ def evaluate(
         result = keypoint_pnp(x2d, confidences.cpu().double(), x3d, batch["K"].double(), thresholds)
         R_all.append(result.R)
         t_all.append(result.t)
+        covariances.append(result.covariance)
         R_gt.append(batch["R"].double())
         t_gt.append(batch["t"].double())
         K_all.append(batch["K"].double())
@@ -438,6 +442,13 @@ def evaluate(
     )
     flat = torch.cat(errors)
     metrics["keypoint_px"] = float(flat.mean()) if flat.numel() else float("nan")
+    scales = fit_covariance_scales(
+        pose_error_vectors(torch.cat(R_all), torch.cat(t_all), torch.cat(R_gt), torch.cat(t_gt)),
+        torch.cat(covariances),
+    )
+    metrics["covariance_translation_scale"] = scales.translation
+    metrics["covariance_rotation_scale"] = scales.rotation
+    metrics["covariance_fit_samples"] = scales.samples
     return {key: float(value) for key, value in metrics.items()}
 
 
@@ -543,6 +554,11 @@ def _save_best(run: TrainingRun, row: dict[str, Any]) -> None:
         training=training,
         metrics=metrics,
         zoom=None if (settings := zoom_settings(config)) is None else settings.to_dict(),
+        covariance_scales=CovarianceScales(
+            row["covariance_translation_scale"],
+            row["covariance_rotation_scale"],
+            int(row["covariance_fit_samples"]),
+        ),
     )
     save_checkpoint(checkpoint, config.run_dir() / "best.pt")
 

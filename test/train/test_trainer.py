@@ -13,6 +13,7 @@ import torch
 from drone_pose.checkpoint import load_checkpoint
 from drone_pose.data.generate import generate_dataset
 from drone_pose.estimator import PoseEstimator
+from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.model_card import write_model_card
 from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.train.config import load_config
@@ -95,6 +96,11 @@ def test_heatmap_loss_overfits_a_few_images(heatmap_overfit):
     assert all(b < a for a, b in itertools.pairwise(tail))
     estimator = PoseEstimator.from_checkpoint(out / "heatmap" / "best.pt", device="cpu")
     assert estimator.description["metrics"]["keypoint_px"] < 1.0
+    # best.pt carries the covariance scales its validation epoch fitted, and the estimator uses them
+    best = next(r for r in summary["history"] if r["epoch"] == estimator.description["training"]["epoch"])
+    assert estimator.covariance_scales == CovarianceScales(
+        best["covariance_translation_scale"], best["covariance_rotation_scale"], 4
+    )
     K = torch.tensor([[100.0, 0, 64], [0, 100.0, 48], [0, 0, 1]])
     result = estimator.estimate(np.zeros((96, 128, 3), np.uint8), K)  # a blank frame: no NaN pose
     assert torch.isfinite(result.R).all()
@@ -167,6 +173,9 @@ def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_o
     assert "heldout/test, two passes |" in card
     assert "heldout/test, one pass |" in card
     assert "zoomed like the second pass" in card
+    assert figures["pose_covariance"] == load_checkpoint(best)["pose_covariance"]
+    assert "PnP's covariance times the checkpoint's variance scales" in card
+    assert "% of the poses lie inside their 95 % ellipsoid" in card
 
     plain = config(tiny_data, tmp_path, "plain", "epochs=1")
     train(plain, progress=False)
