@@ -52,10 +52,11 @@ def test_calibration_stores_scales_the_estimator_applies(labelled, tmp_path, cap
     assert scales.samples > 12
     assert 0.5 < summary["after"]["covariance_ratio"] < 2.0
 
-    image = (
-        (ShardDataset(labelled, "val")[0]["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    )
-    K = ShardDataset(labelled, "val")[0]["K"].double()
+    assert (scales.translation, scales.rotation) != (1.0, 1.0)
+
+    sample = ShardDataset(labelled, "val")[0]
+    image = (sample["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    K = sample["K"].double()
     raw = PoseEstimator.from_checkpoint(shipped, device="cpu", warm_up=False)
     raw.covariance_scales = CovarianceScales()
     calibrated = PoseEstimator.from_checkpoint(out, device="cpu", warm_up=False)
