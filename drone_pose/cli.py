@@ -179,17 +179,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from drone_pose.evaluate import evaluate_checkpoint
 
-    summary = evaluate_checkpoint(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        out=args.out,
-        uava_drone=args.uava_drone,
-        device=args.device,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        zoom=args.zoom,
-    )
+    summary = evaluate_checkpoint(args.checkpoint, args.data, zoom=args.zoom, **_split_options(args))
     print(summary.pop("table"))
     print(json.dumps(summary, indent=2))
     return 0
@@ -198,18 +188,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_calibrate_covariance(args: argparse.Namespace) -> int:
     from drone_pose.calibrate_covariance import calibrate_checkpoint
 
-    summary = calibrate_checkpoint(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        out=args.out,
-        uava_drone=args.uava_drone,
-        device=args.device,
-        batch_size=args.batch_size,
-        limit=args.limit,
-    )
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(calibrate_checkpoint(args.checkpoint, args.data, **_split_options(args)), indent=2))
     return 0
+
+
+def _split_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options _add_split_arguments declares, as keyword arguments (checkpoint and data aside)."""
+    keys = ("split", "out", "uava_drone", "device", "batch_size", "limit")
+    return {key: getattr(args, key) for key in keys}
+
+
+def _add_split_arguments(parser: argparse.ArgumentParser, split: str, split_help: str, out_help: str) -> None:
+    """A checkpoint run over one split of a dataset: the arguments eval and calibrate-covariance share."""
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True, help="dataset folder (drone-pose synth) or UAVA root")
+    parser.add_argument("--split", default=split, help=split_help)
+    parser.add_argument("--uava-drone", help="read --data as a UAVA root for this drone")
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, help="only the first N samples")
 
 
 def _zoom_option(text: str) -> ZoomSettings | str | None:
@@ -500,14 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     launch.set_defaults(run=_cmd_launch)
 
     evaluation = commands.add_parser("eval", help="a checkpoint's metric table on a dataset split (+ plots)")
-    evaluation.add_argument("--checkpoint", required=True)
-    evaluation.add_argument("--data", required=True, help="dataset folder (drone-pose synth) or UAVA root")
-    evaluation.add_argument("--split", default="test")
-    evaluation.add_argument("--uava-drone", help="read --data as a UAVA root for this drone")
-    evaluation.add_argument("--out", help="report folder: results.md/json, samples.csv, plots, overlays")
-    evaluation.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    evaluation.add_argument("--batch-size", type=int, default=16)
-    evaluation.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    _add_split_arguments(
+        evaluation,
+        "test",
+        "the split to score",
+        "report folder: results.md/json, samples.csv, plots, overlays",
+    )
     evaluation.add_argument(
         "--zoom",
         type=_zoom_option,
@@ -521,14 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate-covariance",
         help="fit a checkpoint's pose covariance scales on labelled data and store them in it",
     )
-    calibrate.add_argument("--checkpoint", required=True)
-    calibrate.add_argument("--data", required=True, help="dataset folder (drone-pose synth) or UAVA root")
-    calibrate.add_argument("--split", default="val", help="a split neither trained nor tested on")
-    calibrate.add_argument("--uava-drone", help="read --data as a UAVA root for this drone")
-    calibrate.add_argument("--out", help="write the calibrated checkpoint here (default: in place)")
-    calibrate.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    calibrate.add_argument("--batch-size", type=int, default=16)
-    calibrate.add_argument("--limit", type=int, help="only the first N samples")
+    _add_split_arguments(
+        calibrate,
+        "val",
+        "a split neither trained nor tested on",
+        "write the calibrated checkpoint here (default: in place)",
+    )
     calibrate.set_defaults(run=_cmd_calibrate_covariance)
 
     budget = commands.add_parser(
