@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Subset
 
 from drone_pose.checkpoint import load_checkpoint, save_checkpoint
 from drone_pose.estimator import PoseEstimator
@@ -39,9 +38,7 @@ def calibrate_checkpoint(
     place) and return a summary: the scales and the covariance consistency before and after."""
     estimator = PoseEstimator.from_checkpoint(checkpoint, device=device)
     estimator.covariance_scales = CovarianceScales()  # fit against what PnP reports
-    dataset = open_dataset(data, split, uava_drone)
-    if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    dataset = open_dataset(data, split, uava_drone, limit)
     errors, covariances = [], []
     for batch, _, _, result in estimate_batches(estimator, dataset, batch_size):
         errors.append(pose_error_vectors(result.R, result.t, batch["R"], batch["t"]))

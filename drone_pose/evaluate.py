@@ -27,11 +27,15 @@ from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
 
 
-def open_dataset(data: str | Path, split: str, drone: str | None = None) -> Dataset:
-    """A synthetic dataset folder, or a UAVA root when `drone` is given."""
-    if drone is not None:
-        return UAVADataset(data, drone, split, require_all_inside=True)
-    return ShardDataset(data, split)
+def open_dataset(data: str | Path, split: str, drone: str | None = None, limit: int | None = None) -> Dataset:
+    """A synthetic dataset folder, or a UAVA root when `drone` is given; with `limit`, its first
+    `limit` samples only."""
+    dataset = (
+        UAVADataset(data, drone, split, require_all_inside=True)
+        if drone is not None
+        else ShardDataset(data, split)
+    )
+    return dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
 
 
 def evaluate_checkpoint(
@@ -49,9 +53,7 @@ def evaluate_checkpoint(
     """Metrics of a checkpoint on a split; with `out`, also the report files. Returns a summary.
     zoom: the estimator's second pass (see PoseEstimator.from_checkpoint)."""
     estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, zoom=zoom)
-    dataset = open_dataset(data, split, uava_drone)
-    if limit is not None:
-        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    dataset = open_dataset(data, split, uava_drone, limit)
     drone = _drone_of(estimator)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
     R, t, R_gt, t_gt, K_all, kp_err, kept_images, covariances = [], [], [], [], [], [], [], []
