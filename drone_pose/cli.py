@@ -181,6 +181,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     summary = evaluate_checkpoint(args.checkpoint, args.data, zoom=args.zoom, **_split_options(args))
     print(summary.pop("table"))
+    print(summary.pop("size_table"))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -20,11 +20,11 @@ from drone_pose.data.drones import DroneModel
 from drone_pose.data.uava import UAVADataset
 from drone_pose.estimator import PoseEstimate, PoseEstimator
 from drone_pose.geometry.camera import keypoints_in_image
-from drone_pose.geometry.metrics import pose_errors, summarize_errors
+from drone_pose.geometry.metrics import pose_errors, summarize_by_size, summarize_errors
 from drone_pose.geometry.pose_covariance import covariance_consistency, pose_error_vectors
 from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.overlay import draw_pose_overlay
-from drone_pose.reports import markdown_table, write_report
+from drone_pose.reports import markdown_table, size_table, write_report
 
 
 def open_dataset(data: str | Path, split: str, drone: str | None = None, limit: int | None = None) -> Dataset:
@@ -93,6 +93,8 @@ def evaluate_checkpoint(
     metrics.update(covariance_consistency(pose_error_vectors(R, t, R_gt, t_gt), torch.cat(covariances)))
     keypoint_errors = torch.cat(kp_err).numpy()
     metrics["keypoint_px"] = float(np.nanmean(keypoint_errors))
+    size_px = K_all[:, 0, 0] * drone.diagonal / t_gt[:, 2]  # apparent model diagonal
+    by_size = summarize_by_size(errors, size_px, drone.diagonal, keypoint_errors_px=torch.cat(kp_err))
     label = f"{Path(checkpoint).name} on {Path(data).name}/{split}"
     summary: dict[str, Any] = {
         "label": label,
@@ -102,18 +104,21 @@ def evaluate_checkpoint(
         "seconds": round(elapsed, 2),
         "images_per_s": round(len(R) / max(elapsed, 1e-9), 1),
         "table": markdown_table([(label, metrics)]),
+        "by_size": by_size,
+        "size_table": size_table(by_size),
     }
     if out is not None:
-        focal = K_all[:, 0, 0].numpy()
         samples = {
             "distance_m": t_gt.norm(dim=-1).numpy(),
-            "size_px": focal * drone.diagonal / t_gt[:, 2].numpy(),
+            "size_px": size_px.numpy(),
             "rotation_deg": np.degrees(errors.rotation_rad.numpy()),
             "translation_cm": 100.0 * errors.translation_m.numpy(),
             "add_m": errors.add_m.numpy(),
             "proj_px": errors.proj_px.numpy(),
         }
-        summary["files"] = write_report(out, label, metrics, samples, keypoint_errors, drone.keypoint_names)
+        summary["files"] = write_report(
+            out, label, metrics, samples, keypoint_errors, drone.keypoint_names, by_size
+        )
         for i, item in enumerate(kept_images):
             path = Path(out) / f"overlay_{i:02d}.png"
             image, keypoints, truth, R, t, K = item

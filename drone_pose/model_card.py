@@ -26,7 +26,7 @@ from drone_pose.data.dataset import ShardDataset
 from drone_pose.estimator import PoseEstimator
 from drone_pose.evaluate import evaluate_checkpoint
 from drone_pose.keypoint_budget import budget_markdown, keypoint_budget
-from drone_pose.reports import markdown_table
+from drone_pose.reports import markdown_table, size_table
 
 # Noise stds (px) of the card's keypoint budget: what ground-truth keypoints + noise reach.
 BUDGET_SIGMAS_PX = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -90,7 +90,12 @@ def write_model_card(
         "drone": drone,
         "network": config["network"],
         "parameters_m": round(sum(v.numel() for v in description["state_dict"].values()) / 1e6, 3),
-        "heldout": {"command": heldout_command, "samples": full["samples"], "metrics": full["metrics"]},
+        "heldout": {
+            "command": heldout_command,
+            "samples": full["samples"],
+            "metrics": full["metrics"],
+            "by_size": full["by_size"],
+        },
         "zoom": zoom,
         "pose_covariance": description.get("pose_covariance"),
         "heldout_one_pass": None if one_pass is None else one_pass["metrics"],
@@ -209,6 +214,14 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
             f"{zoom['target_px']:g} px are re-run on a window enlarged up to {zoom['max_zoom']:g}x; "
             f"{100 * metrics.get('zoomed_fraction', 0.0):.1f} % of these images). The `one pass` row is "
             "the same network with `drone-pose eval --zoom off`.",
+            "",
+        ]
+    if figures["heldout"].get("by_size"):
+        lines += [
+            "By the drone's size in the image (model diagonal in pixels; bins of about equal counts)"
+            + (", two passes:" if figures.get("zoom") else ":"),
+            "",
+            size_table(figures["heldout"]["by_size"]).strip(),
             "",
         ]
     lines += [_covariance_text(figures.get("pose_covariance"), metrics), ""]

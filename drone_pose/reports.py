@@ -41,6 +41,23 @@ def markdown_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SIZE_COLUMNS = ("AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5")
+
+
+def size_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table per apparent-size bin (rows of drone_pose.geometry.metrics.summarize_by_size):
+    size range, images, mean keypoint error when given, then the papers' columns."""
+    header = "| drone size (px) | images | keypoint px | " + " | ".join(SIZE_COLUMNS) + " |"
+    lines = [header, "| --- |" + " --- |" * (len(SIZE_COLUMNS) + 2)]
+    for row in rows:
+        low, high = row["size_px"]
+        keypoint = f"{row['keypoint_px']:.2f}" if "keypoint_px" in row else ""
+        cells = [f"{low:g}-{high:g}", str(int(row["count"])), keypoint]
+        cells += [format_metric(c, row[c]) for c in SIZE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
     out: str | Path,
     label: str,
@@ -48,11 +65,13 @@ def write_report(
     samples: dict[str, np.ndarray],
     keypoint_errors_px: np.ndarray,
     keypoint_names: Sequence[str],
+    by_size: Sequence[dict[str, Any]] = (),
 ) -> dict[str, str]:
     """Write results.json, results.md, samples.csv and the plots to `out`; returns their paths.
 
     samples: per-sample arrays of equal length, at least distance_m, size_px, rotation_deg,
-    translation_cm, proj_px; keypoint_errors_px [S,K] (NaN where a keypoint is not scored).
+    translation_cm, proj_px; keypoint_errors_px [S,K] (NaN where a keypoint is not scored);
+    by_size: the table per apparent-size bin (summarize_by_size), added to both documents.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,10 +81,13 @@ def write_report(
         "label": label,
         "metrics": metrics,
         "per_keypoint_px": dict(zip(keypoint_names, map(float, per_keypoint), strict=False)),
+        "by_size": list(by_size),
     }
     paths["json"].write_text(json.dumps(document, indent=2))
-    table = markdown_table([(label, metrics)])
-    paths["markdown"].write_text(f"# {label}\n\n" + table + _covariance_line(metrics))
+    text = f"# {label}\n\n" + markdown_table([(label, metrics)]) + _covariance_line(metrics)
+    if by_size:
+        text += "\nBy the drone's size in the image (bins of about equal counts):\n\n" + size_table(by_size)
+    paths["markdown"].write_text(text)
     with paths["samples"].open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(list(samples))

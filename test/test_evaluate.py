@@ -54,11 +54,16 @@ def test_eval_writes_the_table_plots_and_overlays(small_setup, capsys):
     )
     printed = capsys.readouterr().out
     assert printed.startswith("| model | " + " | ".join(METRIC_COLUMNS))
+    assert "| drone size (px) | images | keypoint px |" in printed
     document = json.loads((out / "results.json").read_text())
     assert document["metrics"]["count"] == 4
     assert set(METRIC_COLUMNS) <= set(document["metrics"])
     assert len(document["per_keypoint_px"]) == 9
-    assert sum(line.startswith("|") for line in (out / "results.md").read_text().splitlines()) == 3
+    by_size = document["by_size"]
+    assert sum(row["count"] for row in by_size) == 4
+    assert all(row["size_px"][0] < row["size_px"][1] for row in by_size)
+    table_lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
+    assert len(table_lines) == 3 + 2 + len(by_size)
     assert len((out / "samples.csv").read_text().splitlines()) == 5
     for name in ("error_vs_distance", "error_vs_size", "per_keypoint", "overlay_00", "overlay_03"):
         image = cv2.imread(str(out / f"{name}.png"))

@@ -13,8 +13,9 @@ paper 002): silhouette IoU and the median viewpoint error.
 
 from __future__ import annotations
 
+import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import roma
 import torch
@@ -131,6 +132,10 @@ class PoseErrors:
         """Proj_k [B] bool: mean reprojection distance < k pixels."""
         return self.proj_px < k
 
+    def select(self, mask: Tensor) -> PoseErrors:
+        """The errors of the samples where mask [B] bool is True."""
+        return PoseErrors(*(getattr(self, f.name)[mask] for f in fields(self)))
+
 
 def pose_errors(
     R_pred: Tensor, t_pred: Tensor, R_gt: Tensor, t_gt: Tensor, model_points: Tensor, K: Tensor
@@ -171,6 +176,58 @@ def summarize_errors(
             table[f"{name}{k:g}"] = 100.0 * correct(k).double().mean().item()
     table["count"] = float(errors.npe.shape[0])
     return table
+
+
+def size_bin_edges(size_px: Tensor, bins: int = 5) -> list[float]:
+    """Edges (pixels) of at most `bins` bins of apparent drone size [B] holding about equal numbers of
+    samples: the quantiles rounded to whole pixels, the outer edges rounded outwards, repeats dropped."""
+    if bins < 1 or size_px.numel() == 0 or not torch.isfinite(size_px).all():
+        raise ValueError("size bins need bins >= 1 and a non-empty set of finite sizes")
+    sizes = size_px.double()
+    low, high = math.floor(sizes.min().item()), math.ceil(sizes.max().item())
+    inner = torch.quantile(sizes, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]).round()
+    edges = sorted({float(low), *(e for e in inner.tolist() if low < e < high), float(max(high, low + 1))})
+    return edges
+
+
+def size_bins(size_px: Tensor, bins: int = 5) -> list[tuple[float, float, Tensor]]:
+    """(low, high, inside [B] bool) per non-empty bin of size_bin_edges: low <= size < high, the
+    last bin also holding its upper edge."""
+    edges = size_bin_edges(size_px, bins)
+    last = len(edges) - 2
+    result = []
+    for i, (low, high) in enumerate(itertools.pairwise(edges)):
+        inside = (size_px >= low) & ((size_px < high) if i < last else (size_px <= high))
+        if inside.any():
+            result.append((low, high, inside))
+    return result
+
+
+def summarize_by_size(
+    errors: PoseErrors,
+    size_px: Tensor,
+    diagonal: float,
+    bins: int = 5,
+    keypoint_errors_px: Tensor | None = None,
+) -> list[dict[str, float | list[float]]]:
+    """The papers' table row per apparent-size bin (the study's question: robustness to object scale).
+
+    size_px [B]: the drone's apparent size (model diagonal, pixels) per sample; bins from size_bins.
+    Each row is {"size_px": [low, high], **summarize_errors(...)}, plus the bin's mean "keypoint_px"
+    when keypoint_errors_px [B,K] (pixels, NaN where a keypoint is not scored) is given.
+    """
+    if size_px.shape != errors.npe.shape:
+        raise ValueError(f"size_px must have shape {list(errors.npe.shape)}, got {list(size_px.shape)}")
+    rows: list[dict[str, float | list[float]]] = []
+    for low, high, inside in size_bins(size_px, bins):
+        row: dict[str, float | list[float]] = {
+            "size_px": [low, high],
+            **summarize_errors(errors.select(inside), diagonal),
+        }
+        if keypoint_errors_px is not None:
+            row["keypoint_px"] = keypoint_errors_px[inside].nanmean().item()
+        rows.append(row)
+    return rows
 
 
 def evaluate_poses(

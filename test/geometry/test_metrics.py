@@ -18,6 +18,10 @@ from drone_pose.geometry.metrics import (
     pmpjpe,
     pose_errors,
     silhouette_iou,
+    size_bin_edges,
+    size_bins,
+    summarize_by_size,
+    summarize_errors,
 )
 from drone_pose.geometry.rotations import axis_angle_to_matrix, random_rotations
 
@@ -198,6 +202,56 @@ def numpy_similarity_alignment(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     R = U @ D @ Vt
     s = np.trace(np.diag(S) @ D) / (p**2).sum(1).mean()
     return s * p @ R.T + mu_g
+
+
+def test_size_bins_hold_equal_shares_and_every_sample_once():
+    sizes = 10.0 + 50.0 * torch.rand(1000, generator=torch.Generator().manual_seed(3), dtype=F64)
+    sizes[-1] = 60.0  # on the top edge: the last bin holds it
+    bins = size_bins(sizes, 5)
+    assert len(bins) == 5
+    assert bins[0][0] == 10.0
+    assert bins[-1][1] == 60.0
+    assert all(low < high and low == float(int(low)) for low, high, _ in bins)
+    masks = torch.stack([inside for _, _, inside in bins])
+    assert torch.equal(masks.sum(0), torch.ones(1000, dtype=torch.long))  # disjoint and complete
+    counts = masks.sum(1)
+    assert counts.min() >= 170
+    assert counts.max() <= 230
+    for low, high, inside in bins:
+        assert bool((sizes[inside] >= low).all())
+        assert bool((sizes[inside] <= high).all())
+
+
+def test_size_bins_of_one_size_and_bad_sizes():
+    assert size_bin_edges(torch.full((7,), 30.0, dtype=F64)) == [30.0, 31.0]
+    (low, high, inside), *rest = size_bins(torch.full((7,), 30.0, dtype=F64))
+    assert (low, high, int(inside.sum()), rest) == (30.0, 31.0, 7, [])
+    for bad in (torch.zeros(0), torch.tensor([20.0, float("nan")])):
+        with pytest.raises(ValueError, match="finite sizes"):
+            size_bin_edges(bad)
+
+
+def test_summarize_by_size_rows_are_the_subsets_tables(drone):
+    R_gt, t_gt = gt_batch(200, seed=5)
+    generator = torch.Generator().manual_seed(6)
+    angle = 0.1 * torch.rand(200, generator=generator, dtype=F64)
+    R_pred = R_gt @ axis_angle_to_matrix(torch.stack([angle, 0 * angle, 0 * angle], -1))
+    t_pred = t_gt + 0.04 * torch.randn(200, 3, generator=generator, dtype=F64)
+    x3d = torch.tensor(drone.keypoints, dtype=F64)
+    errors = pose_errors(R_pred, t_pred, R_gt, t_gt, x3d, K.expand(200, 3, 3))
+    size = K[0, 0] * drone.diagonal / t_gt[:, 2]
+    keypoint_errors = torch.rand(200, 9, generator=generator, dtype=F64)
+    keypoint_errors[:, 0] = float("nan")  # an unscored keypoint
+    rows = summarize_by_size(errors, size, drone.diagonal, bins=4, keypoint_errors_px=keypoint_errors)
+    assert len(rows) == 4
+    assert sum(row["count"] for row in rows) == 200
+    for row, (low, high, inside) in zip(rows, size_bins(size, 4), strict=True):
+        assert row["size_px"] == [low, high]
+        expected = summarize_errors(errors.select(inside), drone.diagonal)
+        assert {k: row[k] for k in expected} == expected
+        assert row["keypoint_px"] == pytest.approx(keypoint_errors[inside, 1:].mean().item())
+    with pytest.raises(ValueError, match="size_px must have shape"):
+        summarize_by_size(errors, size[:10], drone.diagonal)
 
 
 def test_pmpjpe_and_nmpjpe():

@@ -173,6 +173,8 @@ def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_o
     assert "heldout/test, two passes |" in card
     assert "heldout/test, one pass |" in card
     assert "zoomed like the second pass" in card
+    assert sum(row["count"] for row in figures["heldout"]["by_size"]) == 4
+    assert "| drone size (px) | images | keypoint px |" in card
     assert figures["pose_covariance"] == load_checkpoint(best)["pose_covariance"]
     assert "PnP's covariance times the checkpoint's variance scales" in card
     assert "% of the poses lie inside their 95 % ellipsoid" in card
