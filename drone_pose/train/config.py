@@ -92,7 +92,9 @@ class TrainConfig:
     epochs: int = 44
     batch_size: int = 24
     metric: str = "ACC5"  # best.pt selection; keypoint_px (mean error, lower is better) also allowed
-    amp: bool = True
+    amp: bool = True  # CUDA: float16 autocast with gradient scaling
+    cpu_bf16: bool = False  # CPU: bfloat16 autocast (faster where the CPU has AVX512-BF16 or AMX)
+    channels_last: bool = True  # NHWC memory format for the network's training steps
     output: str = "runs"
     log_every: int = 10
 

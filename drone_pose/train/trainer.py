@@ -152,6 +152,8 @@ def prepare(config: TrainConfig) -> TrainingRun:
             f"{drone.num_keypoints} keypoints"
         )
     predictor = HeatmapPredictor(network, drone.num_keypoints).to(device)
+    if config.channels_last:
+        predictor = predictor.to(memory_format=torch.channels_last)
     model: nn.Module = TrainingForward(predictor)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -265,7 +267,15 @@ def _phase(config: TrainConfig, epoch: int) -> str:
 
 
 def _amp(run: TrainingRun) -> bool:
+    """Float16 autocast with gradient scaling (CUDA only)."""
     return run.config.amp and run.device.type == "cuda"
+
+
+def _autocast(run: TrainingRun) -> torch.autocast:
+    """The training forward's autocast: float16 on CUDA (amp), bfloat16 on CPU (cpu_bf16)."""
+    if run.device.type == "cuda":
+        return torch.autocast("cuda", enabled=_amp(run))
+    return torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.config.cpu_bf16)
 
 
 def _train_epoch(
@@ -283,13 +293,15 @@ def _train_epoch(
     )
     for batch in bar:
         images = batch["image"].to(run.device, non_blocking=True)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         keypoints = batch["keypoints"].to(run.device)
         # every in-image keypoint is supervised, self-occluded ones included (as in UAVA): PnP needs
         # them all, e.g. the centroid, which the body always hides
         visibility = keypoints_in_image(keypoints, images.shape[-1], images.shape[-2])
         K = batch["K"].to(run.device)
         t0 = time.perf_counter()
-        with torch.autocast(run.device.type, enabled=_amp(run)):
+        with _autocast(run):
             outputs = run.model(images)
         loss, parts = _loss(run, outputs, keypoints, visibility, K, x3d, images.shape[-1], phase)
         _sync(run.device)
@@ -506,13 +518,18 @@ def _save_state(run: TrainingRun, epoch: int, path: Path) -> None:
     partial.replace(path)
 
 
+# Settings a resumed run may change: the schedule's length and how the steps execute.
+RESUMABLE_CHANGES = ("epochs", "amp", "cpu_bf16", "channels_last")
+
+
 def _load_state(run: TrainingRun, path: Path) -> None:
     state = torch.load(path, map_location=run.device, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path}: not a drone_pose training state")
     saved, current = dict(state["config"]), config_to_dict(run.config)
-    saved.pop("epochs", None)
-    current.pop("epochs", None)
+    for key in RESUMABLE_CHANGES:
+        saved.pop(key, None)
+        current.pop(key, None)
     defaults = config_to_dict(TrainConfig())
     for key in set(current) - set(saved):  # sections added since the state was saved, at their defaults
         if current[key] == defaults.get(key):

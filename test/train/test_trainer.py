@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -69,6 +70,25 @@ def test_same_seed_same_losses_and_resume_equals_an_uninterrupted_run(tiny_data,
     assert {"forward_ms", "backward_ms", "optimiser_step_ms", "ACC5", "ADD5", "keypoint_px"} <= set(rows[0])
     assert (tmp_path / "c" / "run" / "config.yaml").is_file()
     assert list((tmp_path / "c" / "run" / "tensorboard").glob("events.*"))
+
+
+def test_memory_format_and_cpu_bfloat16_steps(tiny_data, tmp_path):
+    """channels_last changes the memory layout only, not the losses; bfloat16 autocast on CPU trains
+    to nearly the same losses; a resumed run may switch either (how steps run, not what they learn)."""
+    base = ("epochs=3", "optim.lr=1e-3")
+    nhwc = train(config(tiny_data, tmp_path, "nhwc", *base), progress=False)
+    nchw = train(config(tiny_data, tmp_path, "nchw", *base, "channels_last=false"), progress=False)
+    assert losses(nhwc) == pytest.approx(losses(nchw), rel=1e-3)  # float summation order only
+    bf16 = train(config(tiny_data, tmp_path, "bf16", *base, "cpu_bf16=true"), progress=False)
+    assert all(math.isfinite(loss) for loss in losses(bf16))
+    assert losses(bf16) == pytest.approx(losses(nhwc), rel=0.02)
+    assert losses(bf16) != losses(nhwc)  # the autocast did run in bfloat16
+    switched = train(
+        config(tiny_data, tmp_path, "nchw", "epochs=4", "optim.lr=1e-3", "cpu_bf16=true"),
+        resume=True,
+        progress=False,
+    )
+    assert [row["epoch"] for row in switched["history"]] == [1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
