@@ -1,7 +1,8 @@
 """Keypoint-network benchmark: parameters, GFLOPs, latency and throughput, as a JSON-ready dict.
 
 Each architecture runs as the estimator runs it (`HeatmapPredictor`: normalisation, network,
-output aggregation) in inference mode; on CUDA with fp16 autocast and channels_last.
+output aggregation) in inference mode, in the channels_last memory format; on CUDA with fp16
+autocast.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ def benchmark_network(
     gflops = count_gflops(predictor, torch.rand(1, 3, height, width))
     predictor = predictor.to(device)
     cuda = device.type == "cuda"
-    if cuda:
-        predictor = predictor.to(memory_format=torch.channels_last)
+    predictor = predictor.to(memory_format=torch.channels_last)
 
     def forward(batch: torch.Tensor):
         def run() -> None:
@@ -52,9 +52,8 @@ def benchmark_network(
 
     single = torch.rand(1, 3, height, width, device=device)
     several = torch.rand(throughput_batch, 3, height, width, device=device)
-    if cuda:
-        single = single.contiguous(memory_format=torch.channels_last)
-        several = several.contiguous(memory_format=torch.channels_last)
+    single = single.contiguous(memory_format=torch.channels_last)
+    several = several.contiguous(memory_format=torch.channels_last)
     latency = median_ms(forward(single), device, repeats, warm_up=2)
     batch_ms = median_ms(forward(several), device, max(3, repeats // 2), warm_up=2)
     pipeline_ms = _estimator_ms(network, device, width, height, repeats)
