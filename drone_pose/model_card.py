@@ -26,6 +26,7 @@ from drone_pose.data.dataset import ShardDataset
 from drone_pose.estimator import PoseEstimator
 from drone_pose.evaluate import evaluate_checkpoint
 from drone_pose.keypoint_budget import budget_markdown, keypoint_budget
+from drone_pose.nets.build import preset_name
 from drone_pose.reports import markdown_table, size_table
 
 # Noise stds (px) of the card's keypoint budget: what ground-truth keypoints + noise reach.
@@ -88,7 +89,7 @@ def write_model_card(
     figures = {
         "checkpoint": shipped.name,
         "drone": drone,
-        "network": config["network"],
+        "network": _network_name(config["network"]),
         "parameters_m": round(sum(v.numel() for v in description["state_dict"].values()) / 1e6, 3),
         "heldout": {
             "command": heldout_command,
@@ -129,6 +130,14 @@ def write_model_card(
         )
     out_stem.with_suffix(".md").write_text(_card_text(figures, table, shipped))
     return figures
+
+
+def _network_name(network: str | dict[str, Any]) -> str:
+    """A run's network as the card names it: its preset, else the YAML path or "custom <architecture>"."""
+    name = preset_name(network)
+    if name is not None:
+        return name
+    return network if isinstance(network, str) else f"custom {network['architecture']}"
 
 
 def _curve_row(row: dict[str, str]) -> dict[str, float]:

@@ -56,6 +56,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stem_blocks": 1,
         "stages": (StageConfig(1, (2, 2), (16, 32)), StageConfig(2, (2, 2, 2), (16, 32, 64))),
     },
+    # hrnet_lite at twice the width (2.17 M parameters, about 3x its CPU training step).
+    "hrnet_small": {
+        "architecture": "hrnet",
+        "heatmaps": 9,
+        "stem_channels": 64,
+        "stem_planes": 32,
+        "stem_blocks": 1,
+        "stages": (StageConfig(1, (2, 2), (32, 64)), StageConfig(2, (2, 2, 2), (32, 64, 128))),
+    },
 }
 
 
@@ -123,6 +132,12 @@ def _stage(stage: Any, index: int) -> StageConfig:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         raise NetworkConfigError(f"stages[{index}] values must be positive integers")
     return StageConfig(stage["modules"], blocks, channels)
+
+
+def preset_name(name_or_config: str | Path | dict[str, Any]) -> str | None:
+    """The preset that a network name, YAML path or mapping describes, or None for a custom one."""
+    config = _config_dataclass(network_config(name_or_config))
+    return next((name for name, preset in PRESETS.items() if _config_dataclass(preset) == config), None)
 
 
 def build_network(name_or_config: str | Path | dict[str, Any]) -> nn.Module:

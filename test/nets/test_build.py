@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drone_pose.nets.build import NetworkConfigError, build_network, count_parameters, network_config
+from drone_pose.nets.build import (
+    NetworkConfigError,
+    build_network,
+    count_parameters,
+    network_config,
+    preset_name,
+)
 
 OFFICIAL_HIGHER_HRNET_W48_COCO = 63.8e6
 
@@ -19,6 +25,7 @@ def test_coco_higher_hrnet_w48_matches_the_official_parameter_count():
     ("name", "shapes"),
     [
         ("hrnet_lite", [(9, 60, 80)]),
+        ("hrnet_small", [(9, 60, 80)]),
         ("hourglass", [(9, 60, 80), (9, 60, 80)]),
         ("hourglass_lite", [(9, 60, 80), (9, 60, 80)]),
     ],
@@ -59,6 +66,25 @@ def test_yaml_config_builds_the_same_network(tmp_path):
         "  - {modules: 2, blocks: [2, 2, 2], channels: [16, 32, 64]}\n"
     )
     assert count_parameters(build_network(path)) == count_parameters(build_network("hrnet_lite"))
+    assert preset_name(path) == "hrnet_lite"
+
+
+def test_preset_names_of_mappings():
+    small = {
+        "architecture": "hrnet",
+        "heatmaps": 9,
+        "stem_channels": 64,
+        "stem_planes": 32,
+        "stem_blocks": 1,
+        "stages": [
+            {"modules": 1, "blocks": [2, 2], "channels": [32, 64]},
+            {"modules": 2, "blocks": [2, 2, 2], "channels": [32, 64, 128]},
+        ],
+    }
+    assert preset_name(small) == "hrnet_small"
+    assert preset_name("hrnet_w48") == "hrnet_w48"
+    assert preset_name({**small, "stem_channels": 48}) is None
+    assert 2.1e6 < count_parameters(build_network("hrnet_small")) < 2.2e6
 
 
 @pytest.mark.parametrize(
