@@ -26,7 +26,7 @@ def test_shipped_experiments_load_with_the_study_defaults(path, data_dir, monkey
     monkeypatch.chdir(data_dir)
     config = load_config(path)
     assert config.name == path.stem
-    if "_lite_" in path.stem:
+    if "_lite_" in path.stem or "_small_" in path.stem:
         assert (config.seed, config.batch_size, config.data.crop) == (1989, 16, (192, 160))
         assert config.loss.foreground_weight == 10.0
     else:
