@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 METRIC_COLUMNS = ("NPE", "AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5")
+SIZE_COLUMNS = ("AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5")
 
 
 def format_metric(name: str, value: float) -> str:
@@ -39,9 +40,6 @@ def markdown_table(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
         cells = [format_metric(c, metrics[c]) if c in metrics else "" for c in METRIC_COLUMNS]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-SIZE_COLUMNS = ("AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5")
 
 
 def size_table(rows: Sequence[dict[str, Any]]) -> str:

@@ -186,8 +186,7 @@ def size_bin_edges(size_px: Tensor, bins: int = 5) -> list[float]:
     sizes = size_px.double()
     low, high = math.floor(sizes.min().item()), math.ceil(sizes.max().item())
     inner = torch.quantile(sizes, torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1]).round()
-    edges = sorted({float(low), *(e for e in inner.tolist() if low < e < high), float(max(high, low + 1))})
-    return edges
+    return sorted({float(low), *(e for e in inner.tolist() if low < e < high), float(max(high, low + 1))})
 
 
 def size_bins(size_px: Tensor, bins: int = 5) -> list[tuple[float, float, Tensor]]:
