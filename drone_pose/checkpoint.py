@@ -31,7 +31,7 @@ FORMAT = "drone_pose.checkpoint"
 VERSION = 1
 DEFAULT_DRONE = "m2ed"
 # The shipped checkpoint of each built-in drone, in models/checkpoints (a model card next to each).
-SHIPPED_CHECKPOINTS = {"m2ed": "m2ed_hrnet_lite.pt", "tello": "tello_hrnet_lite.pt"}
+SHIPPED_CHECKPOINTS = {"m2ed": "m2ed_hrnet_lite.pt", "tello": "tello_hrnet_small.pt"}
 
 
 class CheckpointError(ValueError):
