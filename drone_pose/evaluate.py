@@ -91,10 +91,10 @@ def evaluate_checkpoint(
     metrics["valid_fraction"] = valid / max(len(R), 1)
     metrics["zoomed_fraction"] = zoomed / max(len(R), 1)
     metrics.update(covariance_consistency(pose_error_vectors(R, t, R_gt, t_gt), torch.cat(covariances)))
-    keypoint_errors = torch.cat(kp_err).numpy()
-    metrics["keypoint_px"] = float(np.nanmean(keypoint_errors))
+    keypoint_errors = torch.cat(kp_err)  # [N,K] px, NaN outside the image
+    metrics["keypoint_px"] = keypoint_errors.nanmean().item()
     size_px = K_all[:, 0, 0] * drone.diagonal / t_gt[:, 2]  # apparent model diagonal
-    by_size = summarize_by_size(errors, size_px, drone.diagonal, keypoint_errors_px=torch.cat(kp_err))
+    by_size = summarize_by_size(errors, size_px, drone.diagonal, keypoint_errors_px=keypoint_errors)
     label = f"{Path(checkpoint).name} on {Path(data).name}/{split}"
     summary: dict[str, Any] = {
         "label": label,
@@ -117,7 +117,7 @@ def evaluate_checkpoint(
             "proj_px": errors.proj_px.numpy(),
         }
         summary["files"] = write_report(
-            out, label, metrics, samples, keypoint_errors, drone.keypoint_names, by_size
+            out, label, metrics, samples, keypoint_errors.numpy(), drone.keypoint_names, by_size
         )
         for i, item in enumerate(kept_images):
             path = Path(out) / f"overlay_{i:02d}.png"
