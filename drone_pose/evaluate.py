@@ -20,7 +20,7 @@ from drone_pose.data.drones import DroneModel
 from drone_pose.data.uava import UAVADataset
 from drone_pose.estimator import PoseEstimate, PoseEstimator
 from drone_pose.geometry.camera import keypoints_in_image
-from drone_pose.geometry.metrics import pose_errors, summarize_by_size, summarize_errors
+from drone_pose.geometry.metrics import pose_errors, summarize_by_size, summarize_errors, validity_metrics
 from drone_pose.geometry.pose_covariance import covariance_consistency, pose_error_vectors
 from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.overlay import draw_pose_overlay
@@ -57,10 +57,11 @@ def evaluate_checkpoint(
     drone = _drone_of(estimator)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
     R, t, R_gt, t_gt, K_all, kp_err, kept_images, covariances = [], [], [], [], [], [], [], []
-    valid = zoomed = 0
+    valid_flags = []
+    zoomed = 0
     started = time.perf_counter()
     for batch, images, K, result in estimate_batches(estimator, dataset, batch_size):
-        valid += int(result.valid.sum())
+        valid_flags.append(result.valid)
         zoomed += int(result.zoomed.sum())
         R.append(result.R)
         t.append(result.t)
@@ -88,7 +89,7 @@ def evaluate_checkpoint(
     R, t, R_gt, t_gt, K_all = map(torch.cat, (R, t, R_gt, t_gt, K_all))
     errors = pose_errors(R, t, R_gt, t_gt, x3d, K_all)
     metrics = summarize_errors(errors, drone.diagonal)
-    metrics["valid_fraction"] = valid / max(len(R), 1)
+    metrics.update(validity_metrics(torch.cat(valid_flags), errors.accuracy(5.0)))
     metrics["zoomed_fraction"] = zoomed / max(len(R), 1)
     metrics.update(covariance_consistency(pose_error_vectors(R, t, R_gt, t_gt), torch.cat(covariances)))
     keypoint_errors = torch.cat(kp_err)  # [N,K] px, NaN outside the image

@@ -191,6 +191,16 @@ def _covariance_text(scales: dict[str, Any] | None, metrics: dict[str, Any]) -> 
     )
 
 
+def _validity_text(metrics: dict[str, Any]) -> str:
+    """What the validity flag is worth on the held-out set (older cards lack the figures)."""
+    if "valid_ACC5" not in metrics:
+        return "."
+    return (
+        f", of which {metrics['valid_ACC5']:.1f} % are ACC5-correct; the flag keeps "
+        f"{metrics['ACC5_valid_recall']:.1f} % of the ACC5-correct poses."
+    )
+
+
 def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
     drone = figures["drone"]
     metrics = figures["heldout"]["metrics"]
@@ -213,7 +223,8 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         table.strip(),
         "",
         f"Keypoint error {metrics['keypoint_px']:.2f} px (mean over in-image keypoints); "
-        f"valid (accepted by the estimator's checks) {100 * metrics['valid_fraction']:.1f} %.",
+        f"valid (accepted by the estimator's checks: what `tracker_node` publishes) "
+        f"{100 * metrics['valid_fraction']:.1f} %" + _validity_text(metrics),
         "",
     ]
     if figures.get("zoom"):

@@ -12,8 +12,9 @@ from drone_pose.checkpoint import CheckpointError, make_checkpoint, save_checkpo
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import generate_dataset
-from drone_pose.estimator import EstimatorThresholds, PoseEstimator, keypoint_weights
+from drone_pose.estimator import EstimatorThresholds, PoseEstimator, keypoint_weights, position_std
 from drone_pose.geometry.camera import PinholeCamera, project_points
+from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.geometry.rotations import axis_angle_to_matrix
 from drone_pose.nets import build_network, image_to_heatmap
 from drone_pose.nets.zoom import ZoomSettings
@@ -118,6 +119,36 @@ def test_pnp_trusts_confident_keypoints_more():
         errors[power] = pose_errors_deg_m(result.R, result.t, R, t)
     assert errors[4.0][0] < 0.3 * errors[0.0][0]  # rotation, degrees
     assert errors[4.0][1] < 0.3 * errors[0.0][1]  # translation, metres
+
+
+def test_poses_the_calibrated_covariance_calls_uncertain_are_rejected():
+    """3 px keypoint noise: every reprojection RMS is under 8 px, but at 2.5 m the position is
+    uncertain to more than 0.1 m (default gate); scaling the covariance (a calibrated checkpoint)
+    moves the 1.6 m pose over the gate too."""
+    drone = load_drone("m2ed")
+    K = PinholeCamera.uava().K(torch.float64)
+    R, t = known_poses(3)  # depths 1.6, 2.5, 1.2 m
+    uv, _ = project_points(drone.keypoints_tensor(torch.float64), R, t, K)
+    noisy = uv + 3.0 * torch.randn(uv.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    image = np.zeros((3, INPUT[1], INPUT[0], 3), np.uint8)
+
+    def estimate(keypoints, **options):
+        network = HeatmapStandIn(keypoints, (4,))
+        return PoseEstimator(network, drone.keypoints, INPUT, warm_up=False, **options).estimate(image, K)
+
+    clean = estimate(uv)
+    assert clean.valid.all(), clean.reasons
+    assert (position_std(clean.covariance) < 1e-3).all()
+    result = estimate(noisy)
+    spread = position_std(result.covariance)
+    torch.testing.assert_close(spread, result.covariance[:, :3, :3].diagonal(dim1=1, dim2=2).sum(-1).sqrt())
+    assert (result.reprojection_rms < 4.0).all()
+    assert result.reasons == ["", "uncertain_pose", ""], spread
+    assert spread[1] > 0.1 > spread[0]
+    assert estimate(noisy, thresholds=EstimatorThresholds(max_position_std_m=1e6)).valid.all()
+    scaled = estimate(noisy, covariance_scales=CovarianceScales(translation=4.0, rotation=1.0))
+    torch.testing.assert_close(position_std(scaled.covariance), 2.0 * spread)
+    assert scaled.reasons == ["uncertain_pose", "uncertain_pose", ""]
 
 
 @pytest.fixture(scope="module")

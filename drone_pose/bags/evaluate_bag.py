@@ -23,7 +23,7 @@ from drone_pose.bags import messages
 from drone_pose.checkpoint import DEFAULT_DRONE, default_checkpoint
 from drone_pose.data.drones import load_drone
 from drone_pose.estimator import PoseEstimator
-from drone_pose.geometry.metrics import pose_errors, summarize_errors
+from drone_pose.geometry.metrics import pose_errors, summarize_errors, validity_metrics
 from drone_pose.geometry.rotations import matrix_to_quaternion_xyzw, quaternion_xyzw_to_matrix
 from drone_pose.overlay import draw_pose_overlay
 from drone_pose.reports import markdown_table, write_report
@@ -146,8 +146,8 @@ def evaluate_bag(
     K = torch.tensor(np.stack([f["K"] for f in frames]))
     errors = pose_errors(R, t, R_gt, t_gt, x3d, K)
     metrics = summarize_errors(errors, drone.diagonal)
-    metrics["valid_fraction"] = float(np.mean([r["valid"] for r in results]))
     valid = torch.tensor([r["valid"] for r in results])
+    metrics.update(validity_metrics(valid, errors.accuracy(5.0)))
     # what the tracker publishes: the frames whose pose passed its checks
     metrics_valid = (
         summarize_errors(

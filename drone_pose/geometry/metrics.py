@@ -246,6 +246,19 @@ def evaluate_poses(
     return summarize_errors(pose_errors(R_pred, t_pred, R_gt, t_gt, model_points, K), diagonal, thresholds)
 
 
+def validity_metrics(valid: Tensor, correct: Tensor) -> dict[str, float]:
+    """What the estimator's validity flag is worth, from valid [N] and ACC5-correct [N] bools:
+    valid_fraction (0-1), valid_ACC5 (% of valid poses that are ACC5-correct; NaN when none is
+    valid) and ACC5_valid_recall (% of ACC5-correct poses marked valid; NaN when none is correct)."""
+    valid, correct = valid.bool(), correct.bool()
+    kept = (valid & correct).sum().item()
+    return {
+        "valid_fraction": valid.double().mean().item() if len(valid) else math.nan,
+        "valid_ACC5": 100.0 * kept / valid.sum().item() if valid.any() else math.nan,
+        "ACC5_valid_recall": 100.0 * kept / correct.sum().item() if correct.any() else math.nan,
+    }
+
+
 def pmpjpe(pred: Tensor, gt: Tensor) -> Tensor:
     """Procrustes-aligned mean per-joint position error [B], in the units of the input.
 

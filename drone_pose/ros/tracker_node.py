@@ -298,6 +298,13 @@ class TrackerNode(LifecycleNode):
             describe("reject poses whose keypoint RMS reprojection error exceeds this", 0.0, 1.0e6),
         )
         self.declare_parameter(
+            "max_position_std_m",
+            0.1,
+            describe(
+                "reject poses whose calibrated position standard deviation (m) exceeds this", 0.0, 1.0e6
+            ),
+        )
+        self.declare_parameter(
             "zoom_pass",
             True,
             describe("zoomed second network pass for small drones when the checkpoint was trained for it"),
@@ -322,7 +329,13 @@ class TrackerNode(LifecycleNode):
         )
 
     # run-time parameters that are EstimatorThresholds fields of the same name
-    _THRESHOLD_FIELDS = ("min_keypoint_confidence", "max_reprojection_rms_px", "keypoint_confidence_power")
+    _THRESHOLD_FIELDS = (
+        "min_keypoint_confidence",
+        "max_reprojection_rms_px",
+        "max_position_std_m",
+        "keypoint_confidence_power",
+    )
+    _POSITIVE_FIELDS = ("max_reprojection_rms_px", "max_position_std_m")
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         updates = {}
@@ -330,7 +343,7 @@ class TrackerNode(LifecycleNode):
         for parameter in parameters:
             if parameter.name in self._THRESHOLD_FIELDS:
                 value = float(parameter.value)
-                if not math.isfinite(value) or (parameter.name == "max_reprojection_rms_px" and value <= 0):
+                if not math.isfinite(value) or (parameter.name in self._POSITIVE_FIELDS and value <= 0):
                     reason = f"{parameter.name}: bad value {value}"
                     return SetParametersResult(successful=False, reason=reason)
                 updates[parameter.name] = value

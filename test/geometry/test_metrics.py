@@ -22,6 +22,7 @@ from drone_pose.geometry.metrics import (
     size_bins,
     summarize_by_size,
     summarize_errors,
+    validity_metrics,
 )
 from drone_pose.geometry.rotations import axis_angle_to_matrix, random_rotations
 
@@ -252,6 +253,19 @@ def test_summarize_by_size_rows_are_the_subsets_tables(drone):
         assert row["keypoint_px"] == pytest.approx(keypoint_errors[inside, 1:].mean().item())
     with pytest.raises(ValueError, match="size_px must have shape"):
         summarize_by_size(errors, size[:10], drone.diagonal)
+
+
+def test_validity_metrics_score_the_flag_against_acc5():
+    valid = torch.tensor([True, True, True, False, False])
+    correct = torch.tensor([True, True, False, True, False])
+    figures = validity_metrics(valid, correct)
+    assert figures["valid_fraction"] == pytest.approx(0.6)
+    assert figures["valid_ACC5"] == pytest.approx(200 / 3)  # 2 of the 3 valid are right
+    assert figures["ACC5_valid_recall"] == pytest.approx(200 / 3)  # 2 of the 3 right are valid
+    nothing = validity_metrics(torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool))
+    assert nothing["valid_fraction"] == 0.0
+    assert math.isnan(nothing["valid_ACC5"])
+    assert math.isnan(nothing["ACC5_valid_recall"])
 
 
 def test_pmpjpe_and_nmpjpe():

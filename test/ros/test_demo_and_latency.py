@@ -46,7 +46,8 @@ def test_latency_benchmark_prints_json(tmp_path):
         [
             sys.executable, "-m", "drone_pose.cli", "bench", "tracker", "--checkpoint", str(checkpoint),
             "--seconds", "3", "--rate", "10",
-            "--param", "max_reprojection_rms_px:=1000000.0", "--param", "min_keypoint_confidence:=-1.0",
+            "--param", "max_reprojection_rms_px:=1000000.0", "--param", "max_position_std_m:=1000000.0",
+            "--param", "min_keypoint_confidence:=-1.0",
             "--param", "keypoint_confidence_power:=0.0",
         ],
         capture_output=True, text=True, timeout=300,

@@ -54,6 +54,7 @@ def start_tracker(checkpoint, *ros_arguments: str) -> subprocess.Popen:
         f"checkpoint:={checkpoint}",
         "device:=cpu",
         "max_reprojection_rms_px:=1000000.0",
+        "max_position_std_m:=1000000.0",
         "min_keypoint_confidence:=-1.0",
         "keypoint_confidence_power:=0.0",
     ]
@@ -266,6 +267,8 @@ def test_thresholds_change_at_run_time_and_bad_values_are_refused(ros_node, flig
 
         assert set_one("max_reprojection_rms_px", 3.5).successful
         assert not set_one("max_reprojection_rms_px", -1.0).successful
+        assert set_one("max_position_std_m", 0.25).successful
+        assert not set_one("max_position_std_m", 0.0).successful
         assert not set_one("checkpoint", "/elsewhere.pt").successful
         assert set_one("keypoint_confidence_power", 0.0).successful
         assert not set_one("keypoint_confidence_power", -2.0).successful  # declared range [0, 16]
