@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from drone_pose.cli import main
+from drone_pose.data.drones import load_drone
+from drone_pose.estimator import PoseEstimator
+from drone_pose.nets import build_network
+from drone_pose.nets.benchmark import KnownPoseHeatmaps, benchmark_scene
+from drone_pose.pnp.problems import pose_errors_deg_m
 
 
 def test_bench_net_prints_figures_per_architecture(capsys):
@@ -28,3 +35,25 @@ def test_bench_net_prints_figures_per_architecture(capsys):
 def test_bench_net_rejects_unknown_architectures():
     with pytest.raises(ValueError, match="unknown architectures"):
         main(["bench", "net", "--architectures", "resnet50"])
+
+
+@pytest.mark.parametrize(
+    ("architecture", "width", "height"), [("hrnet_lite", 320, 240), ("hourglass", 160, 128)]
+)
+def test_the_estimator_benchmark_solves_the_known_pose(architecture, width, height):
+    """The whole-estimator timing runs a random network but decodes a known pose's heatmaps, so PnP
+    converges as on a trained network's output instead of iterating on random keypoints."""
+    drone = load_drone("m2ed")
+    K, R, t, keypoints = benchmark_scene(drone.keypoints, width, height)
+    assert (keypoints > 0).all()
+    assert (keypoints < [width, height]).all()
+    network = KnownPoseHeatmaps(build_network(architecture), torch.from_numpy(keypoints))
+    estimator = PoseEstimator(network, drone.keypoints, (width, height), device="cpu", warm_up=False)
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    result = estimator.estimate(image, K)
+    assert result.valid.all(), result.reasons
+    rotation_deg, translation_m = pose_errors_deg_m(
+        result.R, result.t, torch.from_numpy(R)[None], torch.from_numpy(t)[None]
+    )
+    assert rotation_deg.item() < 1.0
+    assert translation_m.item() < 0.01 * np.linalg.norm(t)
