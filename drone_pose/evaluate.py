@@ -89,7 +89,8 @@ def evaluate_checkpoint(
     R, t, R_gt, t_gt, K_all = map(torch.cat, (R, t, R_gt, t_gt, K_all))
     errors = pose_errors(R, t, R_gt, t_gt, x3d, K_all)
     metrics = summarize_errors(errors, drone.diagonal)
-    metrics.update(validity_metrics(torch.cat(valid_flags), errors.accuracy(5.0)))
+    valid = torch.cat(valid_flags)
+    metrics.update(validity_metrics(valid, errors.accuracy(5.0)))
     metrics["zoomed_fraction"] = zoomed / max(len(R), 1)
     metrics.update(covariance_consistency(pose_error_vectors(R, t, R_gt, t_gt), torch.cat(covariances)))
     keypoint_errors = torch.cat(kp_err)  # [N,K] px, NaN outside the image
@@ -116,6 +117,7 @@ def evaluate_checkpoint(
             "translation_cm": 100.0 * errors.translation_m.numpy(),
             "add_m": errors.add_m.numpy(),
             "proj_px": errors.proj_px.numpy(),
+            "valid": valid.int().numpy(),
         }
         summary["files"] = write_report(
             out, label, metrics, samples, keypoint_errors.numpy(), drone.keypoint_names, by_size

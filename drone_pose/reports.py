@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ def write_report(
     }
     paths["json"].write_text(json.dumps(document, indent=2))
     text = f"# {label}\n\n" + markdown_table([(label, metrics)]) + _covariance_line(metrics)
+    text += _validity_line(metrics)
     if by_size:
         text += "\nBy the drone's size in the image (bins of about equal counts):\n\n" + size_table(by_size)
     paths["markdown"].write_text(text)
@@ -102,6 +104,21 @@ def _covariance_line(metrics: dict[str, Any]) -> str:
         f"\nPose covariance: median squared Mahalanobis distance / chi-square median "
         f"{metrics['covariance_ratio']:.2f} (1 when calibrated); {metrics['covariance_cover95']:.1f} % of "
         "poses inside their 95 % ellipsoid.\n"
+    )
+
+
+def _validity_line(metrics: dict[str, Any]) -> str:
+    """What the estimator's validity flag is worth here (validity_metrics), when measured."""
+    if "valid_ACC5" not in metrics:
+        return ""
+
+    def percent(value: float) -> str:
+        return "n/a" if math.isnan(value) else f"{value:.1f} %"
+
+    return (
+        f"\nValid (what the tracker publishes): {100 * metrics['valid_fraction']:.1f} % of the poses; "
+        f"ACC5-correct among them: {percent(metrics['valid_ACC5'])}; ACC5-correct poses marked valid: "
+        f"{percent(metrics['ACC5_valid_recall'])}.\n"
     )
 
 

@@ -64,7 +64,12 @@ def test_eval_writes_the_table_plots_and_overlays(small_setup, capsys):
     assert all(row["size_px"][0] < row["size_px"][1] for row in by_size)
     table_lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("|")]
     assert len(table_lines) == 3 + 2 + len(by_size)
-    assert len((out / "samples.csv").read_text().splitlines()) == 5
+    samples = (out / "samples.csv").read_text().splitlines()
+    assert len(samples) == 5
+    valid_column = samples[0].split(",").index("valid")
+    valid = sum(int(line.split(",")[valid_column]) for line in samples[1:])
+    assert valid == round(4 * document["metrics"]["valid_fraction"])
+    assert "Valid (what the tracker publishes)" in (out / "results.md").read_text()
     for name in ("error_vs_distance", "error_vs_size", "per_keypoint", "overlay_00", "overlay_03"):
         image = cv2.imread(str(out / f"{name}.png"))
         assert image is not None, name
