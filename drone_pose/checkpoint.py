@@ -5,7 +5,9 @@ untrusted input; no pickled code). Fields:
     format: "drone_pose.checkpoint", version: 1
     network: network configuration (drone_pose.nets.build), plain types only
     drone: {name, keypoint_names, keypoints [K][3] metres, diagonal_m}
-    input: {width, height, mean [3], std [3]} (RGB in [0, 1], normalised by mean/std)
+    input: {width, height, mean [3], std [3]} (RGB in [0, 1], normalised by mean/std), and
+        optionally zoom: {target_px, max_zoom[, window [width, height]]}, the zoomed second pass
+        the network was trained for (drone_pose.nets.zoom)
     heatmaps: {sigma} (std of the training target Gaussians, heatmap pixels)
     training: free-form summary (data, epochs, hardware, timings); metrics: evaluation table
     pose_covariance (optional): {translation, rotation, samples}, variance scales for the PnP
@@ -26,6 +28,9 @@ from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.nets.build import NetworkConfigError, build_network, network_config
 from drone_pose.nets.hrnet import StageConfig
 from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD
+from drone_pose.nets.zoom import ZoomSettings
+
+ZOOM_NUMBERS = ("target_px", "max_zoom")  # input.zoom's numeric entries
 
 FORMAT = "drone_pose.checkpoint"
 VERSION = 1
@@ -59,13 +64,13 @@ def make_checkpoint(
     heatmap_sigma: float = 2.0,
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
-    zoom: dict[str, float] | None = None,
+    zoom: dict[str, Any] | None = None,
     covariance_scales: CovarianceScales | None = None,
 ) -> dict[str, Any]:
     """A checkpoint dict for `network` built from `network_spec`, trained for `drone` (a DroneModel).
 
-    zoom: {target_px, max_zoom} of the zoomed second pass the network was trained for (stored as
-    input.zoom; the estimator runs it by default), or None. covariance_scales: fitted on validation
+    zoom: {target_px, max_zoom[, window]} of the zoomed second pass the network was trained for
+    (stored as input.zoom; the estimator runs it by default), or None. covariance_scales: fitted on validation
     data (stored as pose_covariance; the estimator applies them), or None.
     """
     width, height = input_size
@@ -91,7 +96,7 @@ def make_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
     }
     if zoom is not None:
-        checkpoint["input"]["zoom"] = {key: float(value) for key, value in zoom.items()}
+        checkpoint["input"]["zoom"] = ZoomSettings.from_dict(zoom).to_dict()
     if covariance_scales is not None:
         checkpoint["pose_covariance"] = covariance_scales.to_dict()
     return checkpoint
@@ -177,12 +182,18 @@ def validate_checkpoint(checkpoint: Any, where: str) -> None:
     zoom = spec.get("zoom")
     if zoom is not None and not (
         isinstance(zoom, dict)
-        and set(zoom) == {"target_px", "max_zoom"}
-        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in zoom.values())
+        and set(zoom) in ({"target_px", "max_zoom"}, {"target_px", "max_zoom", "window"})
+        and all(
+            isinstance(zoom[k], (int, float)) and math.isfinite(zoom[k]) for k in ("target_px", "max_zoom")
+        )
         and zoom["target_px"] > 0
         and zoom["max_zoom"] >= 1
+        and _is_window(zoom.get("window"))
     ):
-        raise CheckpointError(f"{where}: input.zoom must be {{target_px > 0, max_zoom >= 1}}, got {zoom!r}")
+        raise CheckpointError(
+            f"{where}: input.zoom must be {{target_px > 0, max_zoom >= 1[, window: [width, height] >= 16]}}, "
+            f"got {zoom!r}"
+        )
     scales = checkpoint.get("pose_covariance")
     try:
         if scales is not None:
@@ -193,6 +204,15 @@ def validate_checkpoint(checkpoint: Any, where: str) -> None:
         ) from error
     if not all(isinstance(v, torch.Tensor) for v in checkpoint["state_dict"].values()):
         raise CheckpointError(f"{where}: state_dict must map names to tensors")
+
+
+def _is_window(window: Any) -> bool:
+    """None, or [width, height]: integers >= 16 (the zoomed second pass's window)."""
+    return window is None or (
+        isinstance(window, (list, tuple))
+        and len(window) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in window)
+    )
 
 
 def network_from_checkpoint(checkpoint: dict[str, Any], where: str = "checkpoint") -> nn.Module:

@@ -191,6 +191,11 @@ def _covariance_text(scales: dict[str, Any] | None, metrics: dict[str, Any]) -> 
     )
 
 
+def _window_text(zoom: dict[str, Any]) -> str:
+    window = zoom.get("window")
+    return "network-input-sized" if window is None else f"{window[0]}x{window[1]}"
+
+
 def _validity_text(metrics: dict[str, Any]) -> str:
     """What the validity flag is worth on the held-out set (older cards lack the figures)."""
     if "valid_ACC5" not in metrics:
@@ -231,7 +236,8 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         zoom = figures["zoom"]
         lines += [
             f"The checkpoint asks for the zoomed second pass (input.zoom: drones smaller than "
-            f"{zoom['target_px']:g} px are re-run on a window enlarged up to {zoom['max_zoom']:g}x; "
+            f"{zoom['target_px']:g} px are re-run on a {_window_text(zoom)} window enlarged up to "
+            f"{zoom['max_zoom']:g}x; "
             f"{100 * metrics.get('zoomed_fraction', 0.0):.1f} % of these images). The `one pass` row is "
             "the same network with `drone-pose eval --zoom off`.",
             "",

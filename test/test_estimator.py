@@ -198,6 +198,20 @@ def test_checkpoint_errors_are_clear(lite_checkpoint, tmp_path):
         checkpoint["pose_covariance"] = bad
         with pytest.raises(CheckpointError, match="pose_covariance must be"):
             save_checkpoint(checkpoint, tmp_path / "scales.pt")
+    for bad in (
+        {"target_px": 100.0, "max_zoom": 0.5},
+        {"target_px": 100.0, "max_zoom": 5.0, "window": [192]},
+        {"target_px": 100.0, "max_zoom": 5.0, "window": [192.0, 160.0]},
+        {"target_px": 100.0, "max_zoom": 5.0, "window": [8, 160]},
+        {"target_px": 100.0, "max_zoom": 5.0, "size": [192, 160]},
+    ):
+        checkpoint = torch.load(lite_checkpoint, weights_only=True)
+        checkpoint["input"]["zoom"] = bad
+        with pytest.raises(CheckpointError, match=r"input\.zoom must be"):
+            save_checkpoint(checkpoint, tmp_path / "zoom.pt")
+    checkpoint["input"]["zoom"] = {"target_px": 100.0, "max_zoom": 5.0, "window": [192, 160]}
+    windowed = PoseEstimator.from_checkpoint(save_checkpoint(checkpoint, tmp_path / "zoom.pt"), warm_up=False)
+    assert windowed.zoom == ZoomSettings(100.0, 5.0, window=(192, 160))
 
 
 def test_bad_images_and_intrinsics_are_rejected(lite_checkpoint):

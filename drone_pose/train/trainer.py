@@ -497,10 +497,16 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset, DroneModel, tuple[
 
 
 def zoom_settings(config: TrainConfig) -> ZoomSettings | None:
-    """The second pass a run trains for (zoom.probability > 0), else None."""
+    """The second pass a run trains for (zoom.probability > 0), else None; its window is the
+    training crop (the zoomed windows the network learnt on), else the full input."""
     if config.zoom.probability <= 0:
         return None
-    return ZoomSettings(target_px=config.zoom.target_px, max_zoom=config.zoom.max_zoom)
+    crop = config.data.crop
+    return ZoomSettings(
+        target_px=config.zoom.target_px,
+        max_zoom=config.zoom.max_zoom,
+        window=None if crop is None else (int(crop[0]), int(crop[1])),
+    )
 
 
 def _save_state(run: TrainingRun, epoch: int, path: Path) -> None:

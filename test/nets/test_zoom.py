@@ -94,6 +94,25 @@ def test_refine_maps_window_keypoints_back_to_the_image_point_they_show():
     assert new_confidences.tolist() == [[pytest.approx(0.9)] * 4]
 
 
+def test_a_window_smaller_than_the_input_shows_the_same_image_points():
+    """The second pass on a 40x30 window of an 80x60 input: the network sees a window of that size,
+    and window pixels map back to the image points they show, as with a full-size window."""
+    image = coordinate_image(80, 60).float()
+    keypoints = box_keypoints((41.25, 28.5), 20.0).float()
+    shown, sizes = [], []
+
+    def locate(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sizes.append(tuple(windows.shape[-2:]))
+        shown.append(windows[:, :, 7, 13].clone())
+        return torch.tensor([13.0, 7.0]).expand(len(windows), 4, 2), torch.ones(len(windows), 4)
+
+    settings = ZoomSettings(target_px=60, max_zoom=4, window=(40, 30))
+    refined, _, zoomed = zoom_refine(locate, image, image, keypoints, torch.ones(1, 4), 0.5, settings)
+    assert zoomed.tolist() == [True]
+    assert sizes == [(30, 40)]
+    assert torch.allclose(refined[0], shown[0].expand(4, 2), atol=1e-4)
+
+
 def test_refine_keeps_large_or_unsure_detections():
     image = torch.rand(2, 3, 60, 80)
     keypoints = torch.cat([box_keypoints((40, 30), 70), box_keypoints((40, 30), 10)]).float()
@@ -142,3 +161,7 @@ def test_settings_reject_impossible_values():
         ZoomSettings(target_px=110, max_zoom=0.5)
     assert ZoomSettings.from_dict(None) is None
     assert ZoomSettings.from_dict({"target_px": 90, "max_zoom": 2}) == ZoomSettings(90.0, 2.0)
+    with_window = ZoomSettings(90.0, 2.0, window=(48, 32))
+    assert ZoomSettings.from_dict(with_window.to_dict()) == with_window
+    with pytest.raises(ValueError, match="window"):
+        ZoomSettings(90.0, 2.0, window=(8, 32))

@@ -169,15 +169,22 @@ def test_init_starts_a_higher_hrnet_from_the_plain_hrnet_checkpoint(tiny_data, t
 def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_older_states(
     tiny_data, tmp_path
 ):
-    """zoom.probability > 0: the checkpoint carries input.zoom and PoseEstimator runs that pass; a
-    training state saved before the zoom section existed still resumes (the section at its default)."""
+    """zoom.probability > 0: the checkpoint carries input.zoom (its window: the training crop) and
+    PoseEstimator runs that pass; a training state saved before the zoom section existed still
+    resumes (the section at its default)."""
     zoomed = config(
-        tiny_data, tmp_path, "zoomed", "epochs=1", "zoom={probability: 0.5, target_px: 40, max_zoom: 2}"
+        tiny_data,
+        tmp_path,
+        "zoomed",
+        "epochs=1",
+        "zoom={probability: 0.5, target_px: 40, max_zoom: 2}",
+        "data.crop=[64, 48]",
     )
     train(zoomed, progress=False)
     best = tmp_path / "zoomed" / "best.pt"
-    assert load_checkpoint(best)["input"]["zoom"] == {"target_px": 40.0, "max_zoom": 2.0}
-    assert PoseEstimator.from_checkpoint(best, device="cpu", warm_up=False).zoom == ZoomSettings(40.0, 2.0)
+    assert load_checkpoint(best)["input"]["zoom"] == {"target_px": 40.0, "max_zoom": 2.0, "window": [64, 48]}
+    trained_zoom = ZoomSettings(40.0, 2.0, window=(64, 48))
+    assert PoseEstimator.from_checkpoint(best, device="cpu", warm_up=False).zoom == trained_zoom
     assert PoseEstimator.from_checkpoint(best, device="cpu", warm_up=False, zoom=None).zoom is None
 
     heldout = tmp_path / "heldout"
@@ -188,7 +195,8 @@ def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_o
         best, tmp_path / "zoomed", heldout, tmp_path / "card" / "tiny", "synth ...", "synth heldout ..."
     )
     card = (tmp_path / "card" / "tiny.md").read_text()
-    assert figures["zoom"] == {"target_px": 40.0, "max_zoom": 2.0}
+    assert figures["zoom"] == {"target_px": 40.0, "max_zoom": 2.0, "window": [64, 48]}
+    assert "re-run on a 64x48 window" in card
     assert set(figures["heldout_one_pass"]) >= {"ACC5", "ADD5", "keypoint_px"}
     assert "heldout/test, two passes |" in card
     assert "heldout/test, one pass |" in card
