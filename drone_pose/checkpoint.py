@@ -70,8 +70,8 @@ def make_checkpoint(
     """A checkpoint dict for `network` built from `network_spec`, trained for `drone` (a DroneModel).
 
     zoom: {target_px, max_zoom[, window]} of the zoomed second pass the network was trained for
-    (stored as input.zoom; the estimator runs it by default), or None. covariance_scales: fitted on validation
-    data (stored as pose_covariance; the estimator applies them), or None.
+    (stored as input.zoom; the estimator runs it by default), or None. covariance_scales: fitted on
+    validation data (stored as pose_covariance; the estimator applies them), or None.
     """
     width, height = input_size
     checkpoint = {
@@ -182,10 +182,8 @@ def validate_checkpoint(checkpoint: Any, where: str) -> None:
     zoom = spec.get("zoom")
     if zoom is not None and not (
         isinstance(zoom, dict)
-        and set(zoom) in ({"target_px", "max_zoom"}, {"target_px", "max_zoom", "window"})
-        and all(
-            isinstance(zoom[k], (int, float)) and math.isfinite(zoom[k]) for k in ("target_px", "max_zoom")
-        )
+        and set(zoom) in (set(ZOOM_NUMBERS), {*ZOOM_NUMBERS, "window"})
+        and all(isinstance(zoom[k], (int, float)) and math.isfinite(zoom[k]) for k in ZOOM_NUMBERS)
         and zoom["target_px"] > 0
         and zoom["max_zoom"] >= 1
         and _is_window(zoom.get("window"))
