@@ -6,10 +6,10 @@ above 80 px). The second pass takes the first pass's confident keypoints, centre
 network's input size, or `window`) on their bounding box and enlarges it (bilinear) so that the box
 diagonal becomes about `target_px` network pixels, at most `max_zoom` times; the keypoints found
 there are mapped back to the original image. A window smaller than the network input, such as the
-training crop the network learnt zoomed drones on, costs less: Tello hrnet_small, batch 1 on a
-2-core CPU, 53-59 -> 43-44 ms per frame with 192x160 instead of 320x240 (side by side), held-out
-ACC5 / ADD5 50.2 / 25.5 -> 50.4 / 25.7. Drones already at least `target_px` large keep the first
-pass.
+training crop the network learnt zoomed drones on, costs less: Tello hrnet_small (first stage),
+batch 1 on a 2-core CPU, 53-59 -> 43-44 ms per frame with 192x160 instead of 320x240 (side by
+side), held-out ACC5 / ADD5 50.2 / 25.5 -> 50.4 / 25.7. Drones already at least `target_px` large
+keep the first pass.
 Everything is batched tensor work on the images' device.
 """
 
