@@ -27,7 +27,7 @@ from drone_pose.estimator import PoseEstimator
 from drone_pose.evaluate import evaluate_checkpoint
 from drone_pose.keypoint_budget import budget_markdown, keypoint_budget
 from drone_pose.nets.build import preset_name
-from drone_pose.reports import markdown_table, size_table
+from drone_pose.reports import markdown_table, size_table, validity_sentence
 
 # Noise stds (px) of the card's keypoint budget: what ground-truth keypoints + noise reach.
 BUDGET_SIGMAS_PX = (0.1, 0.25, 0.5, 1.0, 2.0)
@@ -196,16 +196,6 @@ def _window_text(zoom: dict[str, Any]) -> str:
     return "network-input-sized" if window is None else f"{window[0]}x{window[1]}"
 
 
-def _validity_text(metrics: dict[str, Any]) -> str:
-    """What the validity flag is worth on the held-out set (older cards lack the figures)."""
-    if "valid_ACC5" not in metrics:
-        return "."
-    return (
-        f", of which {metrics['valid_ACC5']:.1f} % are ACC5-correct; the flag keeps "
-        f"{metrics['ACC5_valid_recall']:.1f} % of the ACC5-correct poses."
-    )
-
-
 def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
     drone = figures["drone"]
     metrics = figures["heldout"]["metrics"]
@@ -227,9 +217,8 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         "",
         table.strip(),
         "",
-        f"Keypoint error {metrics['keypoint_px']:.2f} px (mean over in-image keypoints); "
-        f"valid (accepted by the estimator's checks: what `tracker_node` publishes) "
-        f"{100 * metrics['valid_fraction']:.1f} %" + _validity_text(metrics),
+        f"Keypoint error {metrics['keypoint_px']:.2f} px (mean over in-image keypoints). "
+        + (validity_sentence(metrics) or f"Valid {100 * metrics['valid_fraction']:.1f} %."),
         "",
     ]
     if figures.get("zoom"):

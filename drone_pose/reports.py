@@ -84,7 +84,7 @@ def write_report(
     }
     paths["json"].write_text(json.dumps(document, indent=2))
     text = f"# {label}\n\n" + markdown_table([(label, metrics)]) + _covariance_line(metrics)
-    text += _validity_line(metrics)
+    text += f"\n{validity_sentence(metrics)}\n" if "valid_ACC5" in metrics else ""
     if by_size:
         text += "\nBy the drone's size in the image (bins of about equal counts):\n\n" + size_table(by_size)
     paths["markdown"].write_text(text)
@@ -107,8 +107,9 @@ def _covariance_line(metrics: dict[str, Any]) -> str:
     )
 
 
-def _validity_line(metrics: dict[str, Any]) -> str:
-    """What the estimator's validity flag is worth here (validity_metrics), when measured."""
+def validity_sentence(metrics: dict[str, Any]) -> str:
+    """What the estimator's validity flag is worth on a set (validity_metrics), one sentence; ""
+    when not measured."""
     if "valid_ACC5" not in metrics:
         return ""
 
@@ -116,9 +117,9 @@ def _validity_line(metrics: dict[str, Any]) -> str:
         return "n/a" if math.isnan(value) else f"{value:.1f} %"
 
     return (
-        f"\nValid (what the tracker publishes): {100 * metrics['valid_fraction']:.1f} % of the poses; "
+        f"Valid (what `tracker_node` publishes): {100 * metrics['valid_fraction']:.1f} % of the poses; "
         f"ACC5-correct among them: {percent(metrics['valid_ACC5'])}; ACC5-correct poses marked valid: "
-        f"{percent(metrics['ACC5_valid_recall'])}.\n"
+        f"{percent(metrics['ACC5_valid_recall'])}."
     )
 
 

@@ -69,7 +69,7 @@ def test_eval_writes_the_table_plots_and_overlays(small_setup, capsys):
     valid_column = samples[0].split(",").index("valid")
     valid = sum(int(line.split(",")[valid_column]) for line in samples[1:])
     assert valid == round(4 * document["metrics"]["valid_fraction"])
-    assert "Valid (what the tracker publishes)" in (out / "results.md").read_text()
+    assert "Valid (what `tracker_node` publishes)" in (out / "results.md").read_text()
     for name in ("error_vs_distance", "error_vs_size", "per_keypoint", "overlay_00", "overlay_03"):
         image = cv2.imread(str(out / f"{name}.png"))
         assert image is not None, name

@@ -197,6 +197,7 @@ def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_o
     card = (tmp_path / "card" / "tiny.md").read_text()
     assert figures["zoom"] == {"target_px": 40.0, "max_zoom": 2.0, "window": [64, 48]}
     assert "re-run on a 64x48 window" in card
+    assert "Valid (what `tracker_node` publishes)" in card
     assert set(figures["heldout_one_pass"]) >= {"ACC5", "ADD5", "keypoint_px"}
     assert "heldout/test, two passes |" in card
     assert "heldout/test, one pass |" in card
