@@ -122,7 +122,8 @@ def record_tracker(
     try:
         log("  starting the tracker node (model load and warm-up) ...")
         deadline = time.monotonic() + timeout_s
-        while node.count_subscribers("/camera/image_raw") == 0:
+        # poses are volatile: the recorder must know the tracker's publishers before the first frame
+        while node.count_subscribers("/camera/image_raw") == 0 or node.count_publishers("/pose") == 0:
             if tracker.poll() is not None:
                 raise RuntimeError(f"the tracker exited: {tracker.stderr.read()[-3000:]}")
             if time.monotonic() > deadline:

@@ -81,6 +81,12 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
         checkpoint, "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info"
     )
     try:
+        # poses are reliable but volatile: ones sent before this node has discovered the tracker's
+        # publishers never reach it, so the flight starts only once they are discovered
+        outputs = ("/pose", "/pose_with_covariance", "/marker")
+        assert spin_until(
+            executor, lambda: all(node.count_publishers(topic) > 0 for topic in outputs), timeout_s=60.0
+        ), "the tracker's outputs were not discovered"
         replay = start(
             sys.executable,
             "-m",
@@ -98,8 +104,19 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
         out, err = replay.communicate(timeout=10)
         assert replay.returncode == 0, err[-2000:]
         assert '"/camera/image_raw": 20' in out
-        spin_until(executor, lambda: len(diagnostics) >= 2 and len(poses) > 0, timeout_s=20.0)
-        spin_until(executor, lambda: False, timeout_s=1.5)
+
+        def settled() -> bool:
+            """Diagnostics account for all 20 images and every pose they count has arrived."""
+            if not diagnostics:
+                return False
+            values = {kv.key: kv.value for kv in diagnostics[-1].status[0].values}
+            handled = int(values.get("frames_processed", 0)) + int(values.get("frames_dropped", 0))
+            handled += sum(int(values.get(f"rejected_{reason}", 0)) for reason in INPUT_REJECTIONS)
+            return handled == 20 and 0 < int(values.get("poses_published", 0)) <= len(poses)
+
+        spin_until(executor, settled, timeout_s=30.0)
+        seen = len(diagnostics)  # one more report (1 Hz): final counts; markers and TF arrive meanwhile
+        spin_until(executor, lambda: len(diagnostics) > seen, timeout_s=3.0)
     finally:
         tracker.terminate()
         _, tracker_err = tracker.communicate(timeout=20)
