@@ -184,9 +184,7 @@ def validate_checkpoint(checkpoint: Any, where: str) -> None:
         isinstance(zoom, dict)
         and set(zoom) in (set(ZOOM_NUMBERS), {*ZOOM_NUMBERS, "window"})
         and all(isinstance(zoom[k], (int, float)) and math.isfinite(zoom[k]) for k in ZOOM_NUMBERS)
-        and zoom["target_px"] > 0
-        and zoom["max_zoom"] >= 1
-        and _is_window(zoom.get("window"))
+        and _zoom_settings_accept(zoom)
     ):
         raise CheckpointError(
             f"{where}: input.zoom must be {{target_px > 0, max_zoom >= 1[, window: [width, height] >= 16]}}, "
@@ -204,13 +202,13 @@ def validate_checkpoint(checkpoint: Any, where: str) -> None:
         raise CheckpointError(f"{where}: state_dict must map names to tensors")
 
 
-def _is_window(window: Any) -> bool:
-    """None, or [width, height]: integers >= 16 (the zoomed second pass's window)."""
-    return window is None or (
-        isinstance(window, (list, tuple))
-        and len(window) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 16 for v in window)
-    )
+def _zoom_settings_accept(zoom: dict[str, Any]) -> bool:
+    """Whether ZoomSettings takes a checkpoint's input.zoom (its ranges and window rules)."""
+    try:
+        ZoomSettings.from_dict(zoom)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def network_from_checkpoint(checkpoint: dict[str, Any], where: str = "checkpoint") -> nn.Module:

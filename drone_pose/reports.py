@@ -84,7 +84,8 @@ def write_report(
     }
     paths["json"].write_text(json.dumps(document, indent=2))
     text = f"# {label}\n\n" + markdown_table([(label, metrics)]) + _covariance_line(metrics)
-    text += f"\n{validity_sentence(metrics)}\n" if "valid_ACC5" in metrics else ""
+    validity = validity_sentence(metrics)
+    text += f"\n{validity}\n" if validity else ""
     if by_size:
         text += "\nBy the drone's size in the image (bins of about equal counts):\n\n" + size_table(by_size)
     paths["markdown"].write_text(text)

@@ -102,20 +102,26 @@ class KnownPoseHeatmaps(nn.Module):
         self.network = network
         self.register_buffer("keypoints_px", keypoints_px.float())
         self.sigma_input_px = sigma_input_px
+        self._maps: dict[tuple, Tensor] = {}  # per output shape, device, dtype: rendered once
 
     def forward(self, images: Tensor) -> list[Tensor]:
-        outputs = self.network(images)
-        heatmaps = []
-        for output in outputs:
-            stride = images.shape[-1] / output.shape[-1]
-            count = self.keypoints_px.shape[0]
+        width = images.shape[-1]
+        return [self._heatmaps(output, width / output.shape[-1]) for output in self.network(images)]
+
+    def _heatmaps(self, output: Tensor, stride: float) -> Tensor:
+        """The known pose's maps in place of the first K channels of `output` (stride: input px per
+        heatmap px)."""
+        count = self.keypoints_px.shape[0]
+        key = (tuple(output.shape), output.device, output.dtype)
+        if key not in self._maps:
             keypoints = self.keypoints_px.expand(output.shape[0], count, 2)
             visible = torch.ones(keypoints.shape[:2], device=output.device)
-            maps = gaussian_targets(
-                keypoints, visible, output.shape[-2:], stride, self.sigma_input_px / stride
+            sigma = self.sigma_input_px / stride
+            self._maps[key] = gaussian_targets(keypoints, visible, output.shape[-2:], stride, sigma).to(
+                output.dtype
             )
-            heatmaps.append(torch.cat([maps, output[:, count:]], dim=1).to(output.dtype))
-        return heatmaps
+        maps = self._maps[key]
+        return maps if output.shape[1] == count else torch.cat([maps, output[:, count:]], dim=1)
 
 
 def _estimator_ms(

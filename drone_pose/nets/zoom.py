@@ -56,7 +56,7 @@ class ZoomSettings:
         return cls(
             target_px=float(spec["target_px"]),
             max_zoom=float(spec["max_zoom"]),
-            window=None if window is None else (int(window[0]), int(window[1])),
+            window=None if window is None else tuple(window),
         )
 
     def to_dict(self) -> dict[str, Any]:
