@@ -38,8 +38,8 @@ class EstimatorThresholds:
     (px) and the confidence power (see keypoint_weights).
 
     max_position_std_m rejects poses the (calibrated) covariance itself calls uncertain: on the
-    1000 held-out Tello images 0.1 m keeps 98.5 % of the ACC5-correct poses (valid 98.6 -> 71.2 %,
-    ACC5 among valid 55.9 -> 76.3 %); drones farther than the synthetic sets' 1-6 m may need more.
+    1000 held-out Tello images 0.1 m keeps 99.5 % of the ACC5-correct poses (valid 98.4 -> 72.5 %,
+    ACC5 among valid 58.5 -> 79.0 %); drones farther than the synthetic sets' 1-6 m may need more.
     """
 
     min_keypoint_confidence: float = 0.1
