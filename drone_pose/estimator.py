@@ -38,8 +38,8 @@ class EstimatorThresholds:
     (px) and the confidence power (see keypoint_weights).
 
     max_position_std_m rejects poses the (calibrated) covariance itself calls uncertain: on the
-    1000 held-out Tello images 0.1 m keeps 99.5 % of the ACC5-correct poses (valid 98.4 -> 72.5 %,
-    ACC5 among valid 58.5 -> 79.0 %); drones farther than the synthetic sets' 1-6 m may need more.
+    1000 held-out Tello images 0.1 m keeps 98.9 % of the ACC5-correct poses (valid 98.3 -> 75.4 %,
+    ACC5 among valid 62.4 -> 80.4 %); drones farther than the synthetic sets' 1-6 m may need more.
     """
 
     min_keypoint_confidence: float = 0.1
@@ -55,7 +55,7 @@ def keypoint_weights(confidences: Tensor, min_confidence: float, power: float) -
     (confidence / the image's highest confidence) ** power, floored at 0.1 ** power.
 
     A lower heatmap peak marks a less certain keypoint (on held-out Tello images the median error is
-    0.29 px above a peak of 0.9 and 0.62 px between 0.7 and 0.9), so it counts less in the pose.
+    0.21 px above a peak of 0.9 and 0.45 px between 0.7 and 0.9), so it counts less in the pose.
     Relative to the image's best keypoint, so weights stay in (0, 1] and the Huber threshold keeps
     its meaning in pixels for that keypoint. power 0 gives every confident keypoint weight 1.
     """
