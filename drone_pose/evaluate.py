@@ -95,6 +95,7 @@ def evaluate_checkpoint(
     metrics.update(covariance_consistency(pose_error_vectors(R, t, R_gt, t_gt), torch.cat(covariances)))
     keypoint_errors = torch.cat(kp_err)  # [N,K] px, NaN outside the image
     metrics["keypoint_px"] = keypoint_errors.nanmean().item()
+    metrics["keypoint_px_median"] = keypoint_errors.nanmedian().item()  # the mean is ruled by gross errors
     size_px = K_all[:, 0, 0] * drone.diagonal / t_gt[:, 2]  # apparent model diagonal
     by_size = summarize_by_size(errors, size_px, drone.diagonal, keypoint_errors_px=keypoint_errors)
     label = f"{Path(checkpoint).name} on {Path(data).name}/{split}"

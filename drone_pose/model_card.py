@@ -106,6 +106,8 @@ def write_model_card(
             "command": data_command,
             "config": config,
             "epochs_run": len(curve),
+            "swa": description["training"].get("swa"),
+            "validation": description.get("metrics"),
             "seconds_per_step": _step_seconds(curve),
             "validation_curve": [_curve_row(row) for row in curve],
         },
@@ -196,6 +198,35 @@ def _window_text(zoom: dict[str, Any]) -> str:
     return "network-input-sized" if window is None else f"{window[0]}x{window[1]}"
 
 
+def _keypoint_error_text(metrics: dict[str, Any]) -> str:
+    """Mean (and, where measured, median) keypoint error over in-image keypoints."""
+    if "keypoint_px_median" not in metrics:
+        return f"{metrics['keypoint_px']:.2f} px (mean over in-image keypoints)"
+    return (
+        f"{metrics['keypoint_px']:.2f} px mean, {metrics['keypoint_px_median']:.2f} px median over "
+        "in-image keypoints (a few gross errors rule the mean)"
+    )
+
+
+def _weights_choice(config: dict[str, Any], training: dict[str, Any]) -> str:
+    """How the shipped weights were chosen: the best epoch, or an SWA average (swa.pt)."""
+    swa = training.get("swa")
+    if not swa:
+        return f"best epoch by {config['metric']}"
+    validation = training.get("validation") or {}
+    scored = (
+        f" (validation: keypoint error {validation['keypoint_px']:.2f} px, ACC5 {validation['ACC5']:.1f}, "
+        f"ADD5 {validation['ADD5']:.1f})"
+        if {"keypoint_px", "ACC5", "ADD5"} <= set(validation)
+        else ""
+    )
+    return (
+        f"weights: swa.pt, the average (SWA) of the weights at the end of epochs {swa['first_epoch']}-"
+        f"{swa['last_epoch']}, BatchNorm statistics recomputed on {swa['bn_batches']} training "
+        f"batches{scored}"
+    )
+
+
 def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
     drone = figures["drone"]
     metrics = figures["heldout"]["metrics"]
@@ -217,7 +248,7 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         "",
         table.strip(),
         "",
-        f"Keypoint error {metrics['keypoint_px']:.2f} px (mean over in-image keypoints). "
+        f"Keypoint error {_keypoint_error_text(metrics)}. "
         + (validity_sentence(metrics) or f"Valid {100 * metrics['valid_fraction']:.1f} %."),
         "",
     ]
@@ -271,7 +302,7 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         f"Adam lr {config['optim']['lr']} ({config['optim']['schedule']}), batch {config['batch_size']}, "
         f"{config['epochs']} epochs, training crops {config['data'].get('crop')}, seed {config['seed']}"
         + _zoom_recipe(config)
-        + f"; best epoch by {config['metric']}.",
+        + f"; {_weights_choice(config, figures['training'])}.",
         *([f"- Note: {figures['note']}"] if figures.get("note") else []),
         f"- Epochs run: {figures['training']['epochs_run']}; mean time per training step "
         f"{figures['training']['seconds_per_step']} s (forward + backward + optimiser).",

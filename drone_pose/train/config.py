@@ -78,6 +78,18 @@ class ZoomConfig:
 
 
 @dataclass(frozen=True)
+class SWAConfig:
+    """Stochastic weight averaging (torch.optim.swa_utils). start_epoch > 0: the weights at the end
+    of that epoch (1-based) and of every later one are averaged; after the last epoch the average
+    gets its BatchNorm statistics recomputed on bn_batches training batches (None: one epoch's
+    worth), is validated and is saved as swa.pt beside best.pt. Pair it with a constant learning
+    rate (optim.schedule constant) so that the averaged weights differ."""
+
+    start_epoch: int = 0
+    bn_batches: int | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One experiment. network: a preset name (drone_pose.nets.build.PRESETS) or a config mapping."""
 
@@ -88,6 +100,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
+    swa: SWAConfig = field(default_factory=SWAConfig)
     seed: int = 1989
     epochs: int = 44
     batch_size: int = 24
@@ -159,6 +172,8 @@ def validate(config: TrainConfig) -> None:
         ("zoom.probability", 0 <= config.zoom.probability <= 1, "in [0, 1]"),
         ("zoom.target_px", config.zoom.target_px > 0, "positive"),
         ("zoom.max_zoom", config.zoom.max_zoom >= 1, "at least 1"),
+        ("swa.start_epoch", 0 <= config.swa.start_epoch <= config.epochs, "in [0, epochs] (0: off)"),
+        ("swa.bn_batches", config.swa.bn_batches is None or config.swa.bn_batches >= 1, "at least 1"),
     ]
     for key, ok, expected in checks:
         if not ok:

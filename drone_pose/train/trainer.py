@@ -3,7 +3,8 @@ resume, logs (CSV, TensorBoard), AMP on CUDA and DistributedDataParallel under t
 
 Run folder (config.run_dir()): config.yaml (every hyper-parameter), metrics.csv (one row per
 epoch), tensorboard/ (losses, metrics, timings), last.pt (training state, for --resume) and
-best.pt (a self-describing drone_pose checkpoint that PoseEstimator and the node load).
+best.pt (a self-describing drone_pose checkpoint that PoseEstimator and the node load); with
+swa.start_epoch, also swa.pt (the same kind of checkpoint, of the averaged weights).
 Determinism: the sample order of epoch e comes from a generator seeded with (seed, e) and the
 augmentation of sample i from (seed, e, i), so a resumed run sees exactly what an uninterrupted one
 does, and two CPU runs with one seed give identical losses.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import logging
 import math
 import os
@@ -25,6 +27,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
@@ -104,6 +107,7 @@ class TrainingRun:
     device: torch.device
     rank: int = 0
     world: int = 1
+    averaged: AveragedModel | None = None  # the SWA average of predictor (swa.start_epoch > 0)
     history: list[dict[str, Any]] = field(default_factory=list)
     start_epoch: int = 0
     best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # (metric, -keypoint_px)
@@ -165,8 +169,20 @@ def prepare(config: TrainConfig) -> TrainingRun:
         betas=config.optim.betas,
         weight_decay=config.optim.weight_decay,
     )
+    averaged = AveragedModel(predictor) if config.swa.start_epoch > 0 else None
     return TrainingRun(
-        config, drone, train_data, val_data, image_size, predictor, model, optimizer, device, rank, world
+        config,
+        drone,
+        train_data,
+        val_data,
+        image_size,
+        predictor,
+        model,
+        optimizer,
+        device,
+        rank,
+        world,
+        averaged,
     )
 
 
@@ -196,6 +212,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
             group["lr"] = learning_rate(config, epoch)
         times = EpochTimes()
         train_loss, losses = _train_epoch(run, epoch, scaler, times, progress and main_process)
+        if run.averaged is not None and epoch + 1 >= config.swa.start_epoch:
+            run.averaged.update_parameters(run.predictor)
         validation_started = time.perf_counter()
         metrics = (
             evaluate(
@@ -227,6 +245,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
                     if isinstance(value, (int, float)) and key != "epoch":
                         writer.add_scalar(key, value, epoch + 1)
                 writer.flush()
+    swa_metrics = _finish_swa(run, writer) if main_process and run.averaged is not None else None
     if writer is not None:
         writer.close()
     if run.world > 1 and dist.is_initialized():
@@ -237,9 +256,48 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         "run_dir": str(run_dir),
         "history": run.history,
         "best": {config.metric: _metric_value(run.best, config.metric)},
+        "swa": swa_metrics,
         "parameters": count_parameters(run.predictor),
         "train_s": time.perf_counter() - started,
     }
+
+
+def _finish_swa(run: TrainingRun, writer: Any) -> dict[str, float] | None:
+    """Recompute the SWA average's BatchNorm statistics on training batches (augmented and zoomed
+    like training, under the training autocast), validate it and save it as swa.pt; its metrics,
+    or None when no epoch has been averaged yet."""
+    config, averaged = run.config, run.averaged
+    assert averaged is not None
+    count = int(averaged.n_averaged)
+    if count == 0:
+        return None
+    started = time.perf_counter()
+    loader = _loader(run, config.epochs)  # an epoch index of its own: augmentations not seen in training
+    batches = len(loader) if config.swa.bn_batches is None else min(config.swa.bn_batches, len(loader))
+    images = (batch["image"] for batch in itertools.islice(loader, batches))
+    with _autocast(run):
+        update_bn(images, TrainingForward(averaged.module), device=run.device)
+    metrics = evaluate(
+        averaged.module, run.val_data, run.drone, config.batch_size, run.device, zoom_settings(config)
+    )
+    last = run.history[-1]
+    row = {**last, **metrics, "epoch": config.epochs, "validation_s": time.perf_counter() - started}
+    first_epoch = config.epochs - count + 1
+    swa = {"first_epoch": first_epoch, "last_epoch": config.epochs, "bn_batches": batches}
+    _save_checkpoint(run, averaged.module.network, row, config.run_dir() / "swa.pt", swa=swa)
+    log.info(
+        "SWA of epochs %d-%d: ACC5 %.2f, ADD5 %.2f, keypoint error %.2f px -> %s",
+        first_epoch,
+        config.epochs,
+        metrics["ACC5"],
+        metrics["ADD5"],
+        metrics["keypoint_px"],
+        config.run_dir() / "swa.pt",
+    )
+    if writer is not None:
+        for key, value in metrics.items():
+            writer.add_scalar(f"swa/{key}", value, config.epochs)
+    return metrics
 
 
 def selection_score(metrics: dict[str, float], metric: str) -> list[float]:
@@ -516,6 +574,7 @@ def _save_state(run: TrainingRun, epoch: int, path: Path) -> None:
         "config": config_to_dict(run.config),
         "model": run.predictor.network.state_dict(),
         "optimizer": run.optimizer.state_dict(),
+        **({} if run.averaged is None else {"swa": run.averaged.state_dict()}),
         "best": run.best,
         "history": run.history,
     }
@@ -547,12 +606,22 @@ def _load_state(run: TrainingRun, path: Path) -> None:
         )
     run.predictor.network.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
+    if run.averaged is not None and "swa" in state:
+        run.averaged.load_state_dict(state["swa"])
     run.best = [float(v) for v in state["best"]]
     run.history = list(state["history"])
     run.start_epoch = int(state["epoch"]) + 1
 
 
 def _save_best(run: TrainingRun, row: dict[str, Any]) -> None:
+    _save_checkpoint(run, run.predictor.network, row, run.config.run_dir() / "best.pt")
+
+
+def _save_checkpoint(
+    run: TrainingRun, network: nn.Module, row: dict[str, Any], path: Path, swa: dict[str, int] | None = None
+) -> None:
+    """`network` as a drone_pose checkpoint at `path`, with the validation figures of `row` (an
+    epoch's metrics.csv row) and, for an SWA average, the epochs it averages."""
     config = run.config
     training = {
         "experiment": config.name,
@@ -562,6 +631,7 @@ def _save_best(run: TrainingRun, row: dict[str, Any]) -> None:
         "device": str(run.device),
         "world_size": run.world,
         "timings_ms": {k: row[k] for k in ("forward_ms", "backward_ms", "optimiser_step_ms")},
+        **({} if swa is None else {"swa": swa}),
     }
     metrics = {
         k: v
@@ -569,7 +639,7 @@ def _save_best(run: TrainingRun, row: dict[str, Any]) -> None:
         if k in ("NPE", "AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5", "count", "keypoint_px")
     }
     checkpoint = make_checkpoint(
-        run.predictor.network,
+        network,
         config.network,
         run.drone,
         run.image_size,
@@ -583,7 +653,7 @@ def _save_best(run: TrainingRun, row: dict[str, Any]) -> None:
             int(row["covariance_fit_samples"]),
         ),
     )
-    save_checkpoint(checkpoint, config.run_dir() / "best.pt")
+    save_checkpoint(checkpoint, path)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -64,6 +64,8 @@ def test_overrides_and_yaml_numbers(data_dir):
         (["metric=speed"], "metric must be one of"),
         (["zoom.probability=1.5"], r"zoom\.probability must be in \[0, 1\]"),
         (["zoom.max_zoom=0.5"], r"zoom\.max_zoom must be at least 1"),
+        (["epochs=3", "swa.start_epoch=4"], r"swa\.start_epoch must be in \[0, epochs\]"),
+        (["swa.bn_batches=0"], r"swa\.bn_batches must be at least 1"),
         (["epochs"], "must look like key.sub=value"),
     ],
 )

@@ -72,6 +72,46 @@ def test_same_seed_same_losses_and_resume_equals_an_uninterrupted_run(tiny_data,
     assert list((tmp_path / "c" / "run" / "tensorboard").glob("events.*"))
 
 
+def test_swa_averages_the_epochs_weights_resumes_and_ships_a_checkpoint(tiny_data, tmp_path):
+    swa = ["optim.lr=1e-3", "swa.start_epoch=2", "swa.bn_batches=1"]
+    full = train(config(tiny_data, tmp_path / "a", "swa", "epochs=3", *swa), progress=False)
+    train(config(tiny_data, tmp_path / "b", "swa", "epochs=2", *swa), progress=False)
+    run_dir = tmp_path / "b" / "swa"
+    epoch2 = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+    train(config(tiny_data, tmp_path / "b", "swa", "epochs=3", *swa), resume=True, progress=False)
+    epoch3 = torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+    averaged = load_checkpoint(run_dir / "swa.pt")
+    assert averaged["training"]["swa"] == {"first_epoch": 2, "last_epoch": 3, "bn_batches": 1}
+    weights = [
+        key for key in epoch3 if not key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    ]
+    for key in weights:
+        torch.testing.assert_close(averaged["state_dict"][key], (epoch2[key] + epoch3[key]) / 2)
+    statistics = [key for key in epoch3 if key.endswith("running_mean")]
+    assert statistics
+    assert any(not torch.equal(averaged["state_dict"][k], epoch3[k]) for k in statistics)
+    uninterrupted = load_checkpoint(tmp_path / "a" / "swa" / "swa.pt")["state_dict"]
+    assert all(torch.equal(uninterrupted[k], averaged["state_dict"][k]) for k in uninterrupted)
+    assert full["swa"]["count"] == 1
+    assert math.isfinite(full["swa"]["keypoint_px"])
+    assert averaged["metrics"]["ACC5"] == full["swa"]["ACC5"]
+    # swa.pt carries the covariance scales its own validation fitted, and the estimator uses them
+    estimator = PoseEstimator.from_checkpoint(run_dir / "swa.pt", device="cpu", warm_up=False)
+    assert estimator.covariance_scales == CovarianceScales(
+        full["swa"]["covariance_translation_scale"], full["swa"]["covariance_rotation_scale"], 1
+    )
+
+    heldout = tmp_path / "heldout"
+    generate_dataset(
+        "m2ed", 2, heldout, seed=5, workers=1, width=128, height=96, fractions=(0, 0, 1), progress=False
+    )
+    write_model_card(run_dir / "swa.pt", run_dir, heldout, tmp_path / "card" / "swa", "synth", "synth")
+    card = (tmp_path / "card" / "swa.md").read_text()
+    assert "the average (SWA) of the weights at the end of epochs 2-3" in card
+    assert "px median over in-image keypoints" in card
+
+
 def test_memory_format_and_cpu_bfloat16_steps(tiny_data, tmp_path):
     """channels_last changes the memory layout only, not the losses; bfloat16 autocast on CPU trains
     to nearly the same losses; a resumed run may switch either (how steps run, not what they learn)."""
