@@ -167,6 +167,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 "run_dir": summary["run_dir"],
                 "best": summary["best"],
                 "last_epoch": last,
+                "swa": summary["swa"],
                 "parameters": summary["parameters"],
                 "train_s": round(summary["train_s"], 1),
             },
