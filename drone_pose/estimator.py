@@ -38,8 +38,8 @@ class EstimatorThresholds:
     (px) and the confidence power (see keypoint_weights).
 
     max_position_std_m rejects poses the (calibrated) covariance itself calls uncertain: on the
-    1000 held-out Tello images 0.1 m keeps 98.9 % of the ACC5-correct poses (valid 98.3 -> 75.4 %,
-    ACC5 among valid 62.4 -> 80.4 %); drones farther than the synthetic sets' 1-6 m may need more.
+    1000 held-out Tello images 0.1 m keeps 99.0 % of the ACC5-correct poses (valid 98.0 -> 75.9 %,
+    ACC5 among valid 63.2 -> 80.8 %); drones farther than the synthetic sets' 1-6 m may need more.
     """
 
     min_keypoint_confidence: float = 0.1
