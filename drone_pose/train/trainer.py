@@ -268,8 +268,7 @@ def _finish_swa(run: TrainingRun, writer: Any) -> dict[str, float] | None:
     or None when no epoch has been averaged yet."""
     config, averaged = run.config, run.averaged
     assert averaged is not None
-    count = int(averaged.n_averaged)
-    if count == 0:
+    if int(averaged.n_averaged) == 0:
         return None
     started = time.perf_counter()
     loader = _loader(run, config.epochs)  # an epoch index of its own: augmentations not seen in training
@@ -282,7 +281,7 @@ def _finish_swa(run: TrainingRun, writer: Any) -> dict[str, float] | None:
     )
     last = run.history[-1]
     row = {**last, **metrics, "epoch": config.epochs, "validation_s": time.perf_counter() - started}
-    first_epoch = config.epochs - count + 1
+    first_epoch = config.swa.start_epoch
     swa = {"first_epoch": first_epoch, "last_epoch": config.epochs, "bn_batches": batches}
     _save_checkpoint(run, averaged.module.network, row, config.run_dir() / "swa.pt", swa=swa)
     log.info(
