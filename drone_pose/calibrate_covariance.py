@@ -33,10 +33,13 @@ def calibrate_checkpoint(
     device: str | None = None,
     batch_size: int = 16,
     limit: int | None = None,
+    flip_test: str = "checkpoint",
 ) -> dict[str, Any]:
     """Fit the scales on `split` of `data`, write the checkpoint with them to `out` (default: in
-    place) and return a summary: the scales and the covariance consistency before and after."""
-    estimator = PoseEstimator.from_checkpoint(checkpoint, device=device)
+    place) and return a summary: the scales and the covariance consistency before and after.
+    flip_test: "checkpoint" keeps the checkpoint's input.flip_test; "off", "zoom" or "all" sets it
+    (the scales are fitted with it: the flip test changes the keypoint noise)."""
+    estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, flip_test=flip_test)
     estimator.covariance_scales = CovarianceScales()  # fit against what PnP reports
     dataset = open_dataset(data, split, uava_drone, limit)
     errors, covariances = [], []
@@ -51,12 +54,16 @@ def calibrate_checkpoint(
         raise ValueError(f"no pose on {data}/{split} had a usable covariance: nothing to fit")
     document = load_checkpoint(checkpoint)
     document["pose_covariance"] = scales.to_dict()
+    document["input"].pop("flip_test", None)
+    if estimator.flip_test != "off":
+        document["input"]["flip_test"] = estimator.flip_test
     target = save_checkpoint(document, out or checkpoint)
     return {
         "checkpoint": str(target),
         "data": f"{data}/{split}",
         "samples": len(error),
         "pose_covariance": scales.to_dict(),
+        "flip_test": estimator.flip_test,
         "before": covariance_consistency(error, covariance),
         "after": covariance_consistency(error, scales.apply(covariance)),
     }

@@ -7,7 +7,8 @@ untrusted input; no pickled code). Fields:
     drone: {name, keypoint_names, keypoints [K][3] metres, diagonal_m}
     input: {width, height, mean [3], std [3]} (RGB in [0, 1], normalised by mean/std), and
         optionally zoom: {target_px, max_zoom[, window [width, height]]}, the zoomed second pass
-        the network was trained for (drone_pose.nets.zoom)
+        the network was trained for (drone_pose.nets.zoom), and flip_test: "off" | "zoom" | "all"
+        (drone_pose.nets.flip; absent: off)
     heatmaps: {sigma} (std of the training target Gaussians, heatmap pixels)
     training: free-form summary (data, epochs, hardware, timings); metrics: evaluation table
     pose_covariance (optional): {translation, rotation, samples}, variance scales for the PnP
@@ -21,11 +22,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.nets.build import NetworkConfigError, build_network, network_config
+from drone_pose.nets.flip import validate_flip_test
 from drone_pose.nets.hrnet import StageConfig
 from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD
 from drone_pose.nets.zoom import ZoomSettings
@@ -66,12 +69,14 @@ def make_checkpoint(
     metrics: dict[str, Any] | None = None,
     zoom: dict[str, Any] | None = None,
     covariance_scales: CovarianceScales | None = None,
+    flip_test: str = "off",
 ) -> dict[str, Any]:
     """A checkpoint dict for `network` built from `network_spec`, trained for `drone` (a DroneModel).
 
     zoom: {target_px, max_zoom[, window]} of the zoomed second pass the network was trained for
     (stored as input.zoom; the estimator runs it by default), or None. covariance_scales: fitted on
-    validation data (stored as pose_covariance; the estimator applies them), or None.
+    validation data (stored as pose_covariance; the estimator applies them), or None. flip_test:
+    the network passes the estimator averages with their mirror image (input.flip_test).
     """
     width, height = input_size
     checkpoint = {
@@ -97,6 +102,8 @@ def make_checkpoint(
     }
     if zoom is not None:
         checkpoint["input"]["zoom"] = ZoomSettings.from_dict(zoom).to_dict()
+    if flip_test != "off":
+        checkpoint["input"]["flip_test"] = flip_test
     if covariance_scales is not None:
         checkpoint["pose_covariance"] = covariance_scales.to_dict()
     return checkpoint
@@ -190,6 +197,10 @@ def validate_checkpoint(checkpoint: Any, where: str) -> None:
             f"{where}: input.zoom must be {{target_px > 0, max_zoom >= 1[, window: [width, height] >= 16]}}, "
             f"got {zoom!r}"
         )
+    try:
+        validate_flip_test(spec.get("flip_test", "off"), np.asarray(keypoints, dtype=np.float64))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: input.flip_test: {error}") from error
     scales = checkpoint.get("pose_covariance")
     try:
         if scales is not None:

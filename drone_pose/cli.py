@@ -180,7 +180,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from drone_pose.evaluate import evaluate_checkpoint
 
-    summary = evaluate_checkpoint(args.checkpoint, args.data, zoom=args.zoom, **_split_options(args))
+    summary = evaluate_checkpoint(
+        args.checkpoint, args.data, zoom=args.zoom, flip_test=args.flip_test, **_split_options(args)
+    )
     print(summary.pop("table"))
     print(summary.pop("size_table"))
     print(json.dumps(summary, indent=2))
@@ -190,8 +192,19 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_calibrate_covariance(args: argparse.Namespace) -> int:
     from drone_pose.calibrate_covariance import calibrate_checkpoint
 
-    print(json.dumps(calibrate_checkpoint(args.checkpoint, args.data, **_split_options(args)), indent=2))
+    options = _split_options(args)
+    summary = calibrate_checkpoint(args.checkpoint, args.data, flip_test=args.flip_test, **options)
+    print(json.dumps(summary, indent=2))
     return 0
+
+
+def _add_flip_test_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--flip-test",
+        choices=("checkpoint", "off", "zoom", "all"),  # drone_pose.nets.flip.FLIP_TEST_MODES
+        default="checkpoint",
+        help=f"{what}: checkpoint (its input.flip_test, default), off, zoom (the second pass only) or all",
+    )
 
 
 def _split_options(args: argparse.Namespace) -> dict[str, object]:
@@ -320,16 +333,22 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_card(args: argparse.Namespace) -> int:
-    from drone_pose.model_card import write_model_card
+    from drone_pose.model_card import card_training_record, training_record, write_model_card
 
+    if (args.run_dir is None) == (args.training_from_card is None):
+        print("drone-pose model-card: give exactly one of --run-dir or --training-from-card", file=sys.stderr)
+        return 2
+    if args.run_dir is not None:
+        training, note, command = training_record(args.run_dir), args.note, args.data_command
+    else:
+        training = card_training_record(args.training_from_card)
+        note = args.note if args.note is not None else training["note"]
+        command = args.data_command or training["command"]
+    if not command:
+        print("drone-pose model-card: --data-command is required", file=sys.stderr)
+        return 2
     figures = write_model_card(
-        args.checkpoint,
-        args.run_dir,
-        args.heldout,
-        args.out,
-        args.data_command,
-        args.heldout_command,
-        note=args.note,
+        args.checkpoint, training, args.heldout, args.out, command, args.heldout_command, note=note
     )
     print(json.dumps(figures["heldout"], indent=2))
     return 0
@@ -513,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="zoomed second pass for small drones: checkpoint (as trained, default), off, or "
         "TARGET_PX[,MAX_ZOOM]",
     )
+    _add_flip_test_argument(evaluation, "network passes averaged with their mirror image")
     evaluation.set_defaults(run=_cmd_eval)
 
     calibrate = commands.add_parser(
@@ -524,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
         "val",
         "a split neither trained nor tested on",
         "write the calibrated checkpoint here (default: in place)",
+    )
+    _add_flip_test_argument(
+        calibrate, "network passes averaged with their mirror image, written into the checkpoint"
     )
     calibrate.set_defaults(run=_cmd_calibrate_covariance)
 
@@ -541,10 +564,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     card = commands.add_parser("model-card", help="ship a checkpoint: copy it and write its model card")
     card.add_argument("--checkpoint", required=True, help="the run's best.pt")
-    card.add_argument("--run-dir", required=True, help="the training run folder (config.yaml, metrics.csv)")
+    card.add_argument("--run-dir", help="the training run folder (config.yaml, metrics.csv)")
+    card.add_argument(
+        "--training-from-card",
+        help="instead of --run-dir: an earlier model card's .json (re-card a shipped checkpoint; its data "
+        "command and note are kept unless given)",
+    )
     card.add_argument("--heldout", required=True, help="held-out dataset folder (test split)")
     card.add_argument("--out", required=True, help="output stem, e.g. models/checkpoints/m2ed_hrnet_lite")
-    card.add_argument("--data-command", required=True, help="how the training data was rendered")
+    card.add_argument("--data-command", help="how the training data was rendered (required with --run-dir)")
     card.add_argument("--heldout-command", required=True, help="how the held-out set was rendered")
     card.add_argument("--note", help="free text for the card (e.g. how a multi-stage run was made)")
     card.set_defaults(run=_cmd_model_card)

@@ -13,6 +13,7 @@ enlarged window around them (drone_pose.nets.zoom) before PnP.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,6 +27,7 @@ from drone_pose.checkpoint import DEFAULT_DRONE, default_checkpoint, load_checkp
 from drone_pose.geometry.camera import project_points, validate_intrinsics
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.nets.decoding import decode_heatmaps
+from drone_pose.nets.flip import flip_averaged, validate_flip_test
 from drone_pose.nets.inference import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
 from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
 from drone_pose.pnp import PnPResult, PnPStatus, solve_pnp
@@ -114,7 +116,9 @@ class PoseEstimator:
     network: images [B,3,H,W] normalised -> list of heatmaps, finest last; keypoints_3d [K,3]
     metres; input_size (width, height) of the network; mean/std: RGB normalisation; zoom: the
     zoomed second pass for small drones, or None for one pass; covariance_scales: variance factors
-    for the PnP covariance (a checkpoint's pose_covariance), None for the covariance PnP reports.
+    for the PnP covariance (a checkpoint's pose_covariance), None for the covariance PnP reports;
+    flip_test: "off", "zoom" or "all", the network passes averaged with their mirrored image
+    (drone_pose.nets.flip; needs mirror-symmetric keypoints).
     """
 
     def __init__(
@@ -131,6 +135,7 @@ class PoseEstimator:
         description: dict | None = None,
         zoom: ZoomSettings | None = None,
         covariance_scales: CovarianceScales | None = None,
+        flip_test: str = "off",
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.use_cuda = self.device.type == "cuda"
@@ -144,6 +149,8 @@ class PoseEstimator:
         self.thresholds = thresholds or EstimatorThresholds()
         self.description = description or {}
         self.zoom = zoom
+        self.flip_permutation = validate_flip_test(flip_test, self.keypoints_3d)
+        self.flip_test = flip_test
         self.covariance_scales = covariance_scales or CovarianceScales()
         if warm_up:
             self.estimate(
@@ -157,11 +164,13 @@ class PoseEstimator:
         device: str | torch.device | None = None,
         drone: str = DEFAULT_DRONE,
         zoom: ZoomSettings | Literal["checkpoint"] | None = "checkpoint",
+        flip_test: str = "checkpoint",
         **options,
     ) -> PoseEstimator:
         """Load a self-describing checkpoint (see drone_pose.checkpoint); clear errors when it is bad.
         Without a path, the shipped default checkpoint for `drone` (models/checkpoints). zoom:
-        "checkpoint" runs the second pass the checkpoint was trained for (input.zoom), None none."""
+        "checkpoint" runs the second pass the checkpoint was trained for (input.zoom), None none.
+        flip_test: "checkpoint" (its input.flip_test, "off" when absent), "off", "zoom" or "all"."""
         path = default_checkpoint(drone) if path is None or str(path) == "" else path
         checkpoint = load_checkpoint(path)
         network = network_from_checkpoint(checkpoint, str(path))
@@ -182,6 +191,7 @@ class PoseEstimator:
             description=description,
             zoom=ZoomSettings.from_dict(spec.get("zoom")) if zoom == "checkpoint" else zoom,
             covariance_scales=CovarianceScales.from_dict(checkpoint.get("pose_covariance")),
+            flip_test=spec.get("flip_test", "off") if flip_test == "checkpoint" else flip_test,
             **options,
         )
 
@@ -211,7 +221,7 @@ class PoseEstimator:
         timings["preprocess"] = self._clock() - start
 
         start = self._clock()
-        heatmaps = self._network_pass(pixels)
+        heatmaps = self._flip_pass(self.flip_test == "all")(pixels)
         timings["network"] = self._clock() - start
 
         start = self._clock()
@@ -228,7 +238,7 @@ class PoseEstimator:
         if zoom is not None:
             start = self._clock()
             keypoints, confidences, zoomed = zoom_refine(
-                heatmap_locator(self._network_pass),
+                heatmap_locator(self._flip_pass(self.flip_test != "off")),
                 original,
                 pixels,
                 keypoints.float(),
@@ -284,6 +294,12 @@ class PoseEstimator:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_cuda):
             return self._forward(pixels)
+
+    def _flip_pass(self, flip: bool) -> Callable[[Tensor], Tensor]:
+        """_network_pass, averaged with the mirrored images' heatmaps when `flip`."""
+        if not flip or self.flip_permutation is None:
+            return self._network_pass
+        return flip_averaged(self._network_pass, self.flip_permutation)
 
     def to(self, device: str | torch.device) -> PoseEstimator:
         """Move the network to `device` (e.g. "cpu" to free GPU memory while a node is inactive)."""

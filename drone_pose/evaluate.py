@@ -49,10 +49,11 @@ def evaluate_checkpoint(
     limit: int | None = None,
     overlays: int = 6,
     zoom: ZoomSettings | Literal["checkpoint"] | None = "checkpoint",
+    flip_test: str = "checkpoint",
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on a split; with `out`, also the report files. Returns a summary.
-    zoom: the estimator's second pass (see PoseEstimator.from_checkpoint)."""
-    estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, zoom=zoom)
+    zoom, flip_test: the estimator's second pass and flip test (see PoseEstimator.from_checkpoint)."""
+    estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, zoom=zoom, flip_test=flip_test)
     dataset = open_dataset(data, split, uava_drone, limit)
     drone = _drone_of(estimator)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
@@ -104,6 +105,7 @@ def evaluate_checkpoint(
         "metrics": metrics,
         "samples": len(R),
         "zoom": None if estimator.zoom is None else estimator.zoom.to_dict(),
+        "flip_test": estimator.flip_test,
         "seconds": round(elapsed, 2),
         "images_per_s": round(len(R) / max(elapsed, 1e-9), 1),
         "table": markdown_table([(label, metrics)]),

@@ -61,9 +61,38 @@ def _validation_curve(run_dir: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(path.open())) if path.is_file() else []
 
 
+def training_record(run_dir: str | Path) -> dict[str, Any]:
+    """What a card says about training, from a run folder (config.yaml, metrics.csv): config,
+    epochs_run, seconds_per_step, validation_curve."""
+    run_dir = Path(run_dir)
+    curve = _validation_curve(run_dir)
+    return {
+        "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+        "epochs_run": len(curve),
+        "seconds_per_step": _step_seconds(curve),
+        "validation_curve": [_curve_row(row) for row in curve],
+    }
+
+
+def card_training_record(card: str | Path) -> dict[str, Any]:
+    """The same record from an earlier model card's JSON (to re-card a shipped checkpoint whose run
+    folder is gone, e.g. after changing its inference settings), plus its data command and note."""
+    figures = json.loads(Path(card).read_text())
+    training = figures.get("training", {})
+    keys = ("config", "epochs_run", "seconds_per_step", "validation_curve")
+    missing = [key for key in keys if key not in training]
+    if missing:
+        raise ValueError(f"{card}: training.{missing[0]} missing: not a drone-pose model card")
+    return {
+        **{key: training[key] for key in keys},
+        "command": training.get("command"),
+        "note": figures.get("note"),
+    }
+
+
 def write_model_card(
     checkpoint: str | Path,
-    run_dir: str | Path,
+    training: dict[str, Any],
     heldout: str | Path,
     out_stem: str | Path,
     data_command: str,
@@ -71,19 +100,30 @@ def write_model_card(
     check_samples: int = 200,
     note: str | None = None,
 ) -> dict[str, Any]:
-    """Copy `checkpoint` to out_stem.pt and write out_stem.md / out_stem.json; returns the figures."""
-    run_dir, out_stem = Path(run_dir), Path(out_stem)
+    """Copy `checkpoint` to out_stem.pt and write out_stem.md / out_stem.json; returns the figures.
+    training: training_record() of its run folder or card_training_record() of an earlier card."""
+    out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     shipped = out_stem.with_suffix(".pt")
-    shutil.copyfile(checkpoint, shipped)
+    if Path(checkpoint).resolve() != shipped.resolve():
+        shutil.copyfile(checkpoint, shipped)
     description = load_checkpoint(shipped)
     drone = description["drone"]["name"]
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    curve = _validation_curve(run_dir)
+    config = training["config"]
     started = time.perf_counter()
     full = evaluate_checkpoint(shipped, heldout, "test", device="cpu")
     zoom = description["input"].get("zoom")
-    one_pass = evaluate_checkpoint(shipped, heldout, "test", device="cpu", zoom=None) if zoom else None
+    flip_test = description["input"].get("flip_test", "off")
+    no_flip = (
+        evaluate_checkpoint(shipped, heldout, "test", device="cpu", flip_test="off")
+        if flip_test != "off"
+        else None
+    )
+    one_pass = (
+        evaluate_checkpoint(shipped, heldout, "test", device="cpu", zoom=None, flip_test="off")
+        if zoom
+        else None
+    )
     check = evaluate_checkpoint(shipped, heldout, "test", device="cpu", limit=check_samples)
     budget = keypoint_budget(str(heldout), "test", BUDGET_SIGMAS_PX)
     figures = {
@@ -98,18 +138,20 @@ def write_model_card(
             "by_size": full["by_size"],
         },
         "zoom": zoom,
+        "flip_test": flip_test,
         "pose_covariance": description.get("pose_covariance"),
+        "heldout_no_flip_test": None if no_flip is None else no_flip["metrics"],
         "heldout_one_pass": None if one_pass is None else one_pass["metrics"],
         "check": {"samples": check["samples"], "metrics": check["metrics"]},
         "keypoint_budget": budget["rows"],
         "training": {
             "command": data_command,
             "config": config,
-            "epochs_run": len(curve),
+            "epochs_run": training["epochs_run"],
             "swa": description["training"].get("swa"),
             "validation": description.get("metrics"),
-            "seconds_per_step": _step_seconds(curve),
-            "validation_curve": [_curve_row(row) for row in curve],
+            "seconds_per_step": training["seconds_per_step"],
+            "validation_curve": training["validation_curve"],
         },
         "estimator_ms_cpu_batch1": estimator_latency_ms(shipped, heldout),
         "hardware": {
@@ -123,13 +165,14 @@ def write_model_card(
     }
     out_stem.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
     table = full["table"]
-    if one_pass is not None:
-        table = markdown_table(
-            [
-                (f"{full['label']}, two passes", full["metrics"]),
-                (f"{full['label']}, one pass", one_pass["metrics"]),
-            ]
-        )
+    if one_pass is not None or no_flip is not None:
+        passes = "two passes" if zoom else "one pass"
+        rows = [(f"{full['label']}, {passes}" + (", flip test" if no_flip else ""), full["metrics"])]
+        if no_flip is not None:
+            rows.append((f"{full['label']}, {passes}", no_flip["metrics"]))
+        if one_pass is not None:
+            rows.append((f"{full['label']}, one pass", one_pass["metrics"]))
+        table = markdown_table(rows)
     out_stem.with_suffix(".md").write_text(_card_text(figures, table, shipped))
     return figures
 
@@ -260,6 +303,14 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
             f"{zoom['max_zoom']:g}x; "
             f"{100 * metrics.get('zoomed_fraction', 0.0):.1f} % of these images). The `one pass` row is "
             "the same network with `drone-pose eval --zoom off`.",
+            "",
+        ]
+    if figures.get("flip_test", "off") != "off":
+        passes = {"zoom": "the second pass", "all": "every network pass"}[figures["flip_test"]]
+        lines += [
+            f"Flip test (input.flip_test: {figures['flip_test']}): {passes} averages the network's "
+            "heatmaps with those of the mirrored image, left and right keypoints swapped "
+            "(drone_pose.nets.flip); the row without it is `drone-pose eval --flip-test off`.",
             "",
         ]
     if figures["heldout"].get("by_size"):

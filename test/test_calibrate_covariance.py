@@ -65,6 +65,31 @@ def test_calibration_stores_scales_the_estimator_applies(labelled, tmp_path, cap
     torch.testing.assert_close(calibrated.estimate(image, K).covariance, expected)
 
 
+def test_calibration_sets_the_flip_test_it_fits_the_scales_with(labelled, tmp_path, capsys):
+    flipped, plain = tmp_path / "flipped.pt", tmp_path / "plain.pt"
+    base = ["calibrate-covariance", "--data", str(labelled), "--device", "cpu", "--limit", "8"]
+    assert (
+        main(
+            [
+                *base,
+                "--checkpoint",
+                str(default_checkpoint("m2ed")),
+                "--out",
+                str(flipped),
+                "--flip-test",
+                "all",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["flip_test"] == "all"
+    assert load_checkpoint(flipped)["input"]["flip_test"] == "all"
+    assert PoseEstimator.from_checkpoint(flipped, device="cpu", warm_up=False).flip_test == "all"
+    assert main([*base, "--checkpoint", str(flipped), "--out", str(plain), "--flip-test", "off"]) == 0
+    assert "flip_test" not in load_checkpoint(plain)["input"]
+    assert PoseEstimator.from_checkpoint(plain, device="cpu", warm_up=False).flip_test == "off"
+
+
 def test_calibration_needs_samples(labelled):
     checkpoint = str(default_checkpoint("m2ed"))
     with pytest.raises(ValueError, match="no readable shard in split 'train'"):

@@ -212,6 +212,14 @@ def test_checkpoint_errors_are_clear(lite_checkpoint, tmp_path):
     checkpoint["input"]["zoom"] = {"target_px": 100.0, "max_zoom": 5.0, "window": [192, 160]}
     windowed = PoseEstimator.from_checkpoint(save_checkpoint(checkpoint, tmp_path / "zoom.pt"), warm_up=False)
     assert windowed.zoom == ZoomSettings(100.0, 5.0, window=(192, 160))
+    for bad, message in (("sometimes", "one of off, zoom, all"), (True, "one of off, zoom, all")):
+        checkpoint["input"]["flip_test"] = bad
+        with pytest.raises(CheckpointError, match=rf"input\.flip_test: flip_test must be {message}"):
+            save_checkpoint(checkpoint, tmp_path / "flip.pt")
+    checkpoint["input"]["flip_test"] = "all"
+    checkpoint["drone"]["keypoints"][1][1] += 0.01  # no longer mirror-symmetric
+    with pytest.raises(CheckpointError, match="mirror-symmetric"):
+        save_checkpoint(checkpoint, tmp_path / "flip.pt")
 
 
 def test_bad_images_and_intrinsics_are_rejected(lite_checkpoint):

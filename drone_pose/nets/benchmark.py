@@ -62,6 +62,7 @@ def benchmark_network(
     batch_ms = median_ms(forward(several), device, max(3, repeats // 2), warm_up=2)
     pipeline_ms = _estimator_ms(network, device, width, height, repeats)
     two_pass_ms = _estimator_ms(network, device, width, height, repeats, second_pass=True)
+    flip_ms = _estimator_ms(network, device, width, height, repeats, second_pass=True, flip_test="zoom")
     return {
         "architecture": name,
         "device": str(device),
@@ -75,6 +76,7 @@ def benchmark_network(
         "estimator_ms_batch1": round(pipeline_ms, 3),
         "estimator_frames_per_s_batch1": round(1e3 / pipeline_ms, 1),
         "estimator_two_pass_ms_batch1": round(two_pass_ms, 3),
+        "estimator_two_pass_flip_test_ms_batch1": round(flip_ms, 3),
     }
 
 
@@ -131,9 +133,11 @@ def _estimator_ms(
     height: int,
     repeats: int,
     second_pass: bool = False,
+    flip_test: str = "off",
 ) -> float:
     """Median time of the whole PoseEstimator path (uint8 image -> pose) for one image, M2ED keypoints;
-    second_pass: with the zoomed second pass forced on (every keypoint counts, 3x enlargement)."""
+    second_pass: with the zoomed second pass forced on (every keypoint counts, 3x enlargement);
+    flip_test: the estimator's (drone_pose.nets.flip)."""
     from drone_pose.data.drones import load_drone
     from drone_pose.estimator import EstimatorThresholds, PoseEstimator
     from drone_pose.nets.zoom import ZoomSettings
@@ -148,6 +152,7 @@ def _estimator_ms(
         warm_up=False,
         thresholds=EstimatorThresholds(min_keypoint_confidence=-1.0) if second_pass else None,
         zoom=ZoomSettings(target_px=1e9, max_zoom=3.0) if second_pass else None,
+        flip_test=flip_test,
     )
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return median_ms(lambda: estimator.estimate(image, K), device, repeats, warm_up=2)

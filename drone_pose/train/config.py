@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from drone_pose.nets.flip import FLIP_TEST_MODES
+
 HEATMAP_LOSSES = ("l1", "mse", "kl")
 LOSS_KINDS = ("heatmap", "mixture", "pose")
 PNP_LAYERS = ("bpnp_exact", "bpnp_gauss_newton", "epnp")
@@ -108,6 +110,8 @@ class TrainConfig:
     amp: bool = True  # CUDA: float16 autocast with gradient scaling
     cpu_bf16: bool = False  # CPU: bfloat16 autocast (faster where the CPU has AVX512-BF16 or AMX)
     channels_last: bool = True  # NHWC memory format for the network's training steps
+    # validation and the checkpoint's input.flip_test: off, zoom or all (drone_pose.nets.flip)
+    flip_test: str = "off"
     output: str = "runs"
     log_every: int = 10
 
@@ -173,6 +177,12 @@ def validate(config: TrainConfig) -> None:
         ("zoom.target_px", config.zoom.target_px > 0, "positive"),
         ("zoom.max_zoom", config.zoom.max_zoom >= 1, "at least 1"),
         ("swa.start_epoch", 0 <= config.swa.start_epoch <= config.epochs, "in [0, epochs] (0: off)"),
+        ("flip_test", config.flip_test in FLIP_TEST_MODES, f"one of {FLIP_TEST_MODES}"),
+        (
+            "flip_test",
+            config.flip_test != "zoom" or config.zoom.probability > 0,
+            "off or all when the run does not train for the second pass (zoom.probability 0)",
+        ),
         ("swa.bn_batches", config.swa.bn_batches is None or config.swa.bn_batches >= 1, "at least 1"),
     ]
     for key, ok, expected in checks:

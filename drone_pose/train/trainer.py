@@ -48,9 +48,10 @@ from drone_pose.geometry.metrics import evaluate_poses
 from drone_pose.geometry.pose_covariance import CovarianceScales, fit_covariance_scales, pose_error_vectors
 from drone_pose.nets.build import build_network, count_parameters, network_config
 from drone_pose.nets.decoding import decode_heatmaps, heatmap_to_image
+from drone_pose.nets.flip import flip_averaged, validate_flip_test
 from drone_pose.nets.inference import HeatmapPredictor
 from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
-from drone_pose.train.config import TrainConfig, config_to_dict
+from drone_pose.train.config import ConfigError, TrainConfig, config_to_dict
 from drone_pose.train.objectives import (
     centre_of_mass_keypoints,
     gaussian_targets,
@@ -155,6 +156,10 @@ def prepare(config: TrainConfig) -> TrainingRun:
             f"network predicts {network_heatmaps(config)} heatmaps; {drone.name} has "
             f"{drone.num_keypoints} keypoints"
         )
+    try:
+        validate_flip_test(config.flip_test, drone.keypoints)
+    except ValueError as error:
+        raise ConfigError(f"flip_test: {drone.name}: {error}") from error
     predictor = HeatmapPredictor(network, drone.num_keypoints).to(device)
     if config.channels_last:
         predictor = predictor.to(memory_format=torch.channels_last)
@@ -217,7 +222,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         validation_started = time.perf_counter()
         metrics = (
             evaluate(
-                run.predictor, run.val_data, run.drone, config.batch_size, run.device, zoom_settings(config)
+                run.predictor,
+                run.val_data,
+                run.drone,
+                config.batch_size,
+                run.device,
+                zoom_settings(config),
+                config.flip_test,
             )
             if main_process
             else {}
@@ -277,7 +288,13 @@ def _finish_swa(run: TrainingRun, writer: Any) -> dict[str, float] | None:
     with _autocast(run):
         update_bn(images, TrainingForward(averaged.module), device=run.device)
     metrics = evaluate(
-        averaged.module, run.val_data, run.drone, config.batch_size, run.device, zoom_settings(config)
+        averaged.module,
+        run.val_data,
+        run.drone,
+        config.batch_size,
+        run.device,
+        zoom_settings(config),
+        config.flip_test,
     )
     last = run.history[-1]
     row = {**last, **metrics, "epoch": config.epochs, "validation_s": time.perf_counter() - started}
@@ -468,10 +485,11 @@ def evaluate(
     batch_size: int,
     device: torch.device,
     zoom: ZoomSettings | None = None,
+    flip_test: str = "off",
 ) -> dict[str, float]:
     """The papers' metrics plus the mean keypoint error (pixels) of the network on `data`; with
-    `zoom`, of its keypoints after the estimator's zoomed second pass. Poses come from the
-    estimator's PnP (confidence weights, Huber), so model selection scores what inference does.
+    `zoom`, of its keypoints after the estimator's zoomed second pass (flip_test: as the estimator's).
+    Poses come from the estimator's PnP (confidence weights, Huber): model selection scores inference.
     Also the variance scales that calibrate PnP's covariance on `data` (covariance_translation_scale,
     covariance_rotation_scale, covariance_fit_samples; see fit_covariance_scales)."""
     was_training = predictor.training
@@ -479,11 +497,14 @@ def evaluate(
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=0)
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
     R_all, t_all, R_gt, t_gt, K_all, errors, covariances = [], [], [], [], [], [], []
-    locate, thresholds = heatmap_locator(predictor), EstimatorThresholds()
+    permutation = validate_flip_test(flip_test, drone.keypoints)
+    flipped = predictor if permutation is None else flip_averaged(predictor, permutation)
+    first_pass = flipped if flip_test == "all" else predictor
+    locate, thresholds = heatmap_locator(flipped), EstimatorThresholds()
     minimum = thresholds.min_keypoint_confidence
     for batch in loader:
         images = batch["image"].to(device)
-        heatmaps = predictor(images)
+        heatmaps = first_pass(images)
         xy, confidences = decode_heatmaps(heatmaps)
         x2d = heatmap_to_image(xy, images.shape[-1] / heatmaps.shape[-1])
         if zoom is not None:
@@ -646,6 +667,7 @@ def _save_checkpoint(
         training=training,
         metrics=metrics,
         zoom=None if (settings := zoom_settings(config)) is None else settings.to_dict(),
+        flip_test=config.flip_test,
         covariance_scales=CovarianceScales(
             row["covariance_translation_scale"],
             row["covariance_rotation_scale"],

@@ -15,7 +15,7 @@ from drone_pose.checkpoint import load_checkpoint
 from drone_pose.data.generate import generate_dataset
 from drone_pose.estimator import PoseEstimator
 from drone_pose.geometry.pose_covariance import CovarianceScales
-from drone_pose.model_card import write_model_card
+from drone_pose.model_card import card_training_record, training_record, write_model_card
 from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.train.config import load_config
 from drone_pose.train.trainer import prepare, train
@@ -106,7 +106,9 @@ def test_swa_averages_the_epochs_weights_resumes_and_ships_a_checkpoint(tiny_dat
     generate_dataset(
         "m2ed", 2, heldout, seed=5, workers=1, width=128, height=96, fractions=(0, 0, 1), progress=False
     )
-    write_model_card(run_dir / "swa.pt", run_dir, heldout, tmp_path / "card" / "swa", "synth", "synth")
+    write_model_card(
+        run_dir / "swa.pt", training_record(run_dir), heldout, tmp_path / "card" / "swa", "synth", "synth"
+    )
     card = (tmp_path / "card" / "swa.md").read_text()
     assert "the average (SWA) of the weights at the end of epochs 2-3" in card
     assert "px median over in-image keypoints" in card
@@ -210,8 +212,8 @@ def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_o
     tiny_data, tmp_path
 ):
     """zoom.probability > 0: the checkpoint carries input.zoom (its window: the training crop) and
-    PoseEstimator runs that pass; a training state saved before the zoom section existed still
-    resumes (the section at its default)."""
+    PoseEstimator runs that pass, with the run's flip test; a training state saved before the zoom
+    section existed still resumes (the section at its default)."""
     zoomed = config(
         tiny_data,
         tmp_path,
@@ -219,12 +221,15 @@ def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_o
         "epochs=1",
         "zoom={probability: 0.5, target_px: 40, max_zoom: 2}",
         "data.crop=[64, 48]",
+        "flip_test=zoom",
     )
     train(zoomed, progress=False)
     best = tmp_path / "zoomed" / "best.pt"
     assert load_checkpoint(best)["input"]["zoom"] == {"target_px": 40.0, "max_zoom": 2.0, "window": [64, 48]}
+    assert load_checkpoint(best)["input"]["flip_test"] == "zoom"
     trained_zoom = ZoomSettings(40.0, 2.0, window=(64, 48))
-    assert PoseEstimator.from_checkpoint(best, device="cpu", warm_up=False).zoom == trained_zoom
+    estimator = PoseEstimator.from_checkpoint(best, device="cpu", warm_up=False)
+    assert (estimator.zoom, estimator.flip_test) == (trained_zoom, "zoom")
     assert PoseEstimator.from_checkpoint(best, device="cpu", warm_up=False, zoom=None).zoom is None
 
     heldout = tmp_path / "heldout"
@@ -232,21 +237,41 @@ def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_o
         "m2ed", 4, heldout, seed=5, workers=1, width=128, height=96, fractions=(0, 0, 1), progress=False
     )
     figures = write_model_card(
-        best, tmp_path / "zoomed", heldout, tmp_path / "card" / "tiny", "synth ...", "synth heldout ..."
+        best,
+        training_record(tmp_path / "zoomed"),
+        heldout,
+        tmp_path / "card" / "tiny",
+        "synth ...",
+        "synth heldout ...",
     )
     card = (tmp_path / "card" / "tiny.md").read_text()
     assert figures["zoom"] == {"target_px": 40.0, "max_zoom": 2.0, "window": [64, 48]}
     assert "re-run on a 64x48 window" in card
     assert "Valid (what `tracker_node` publishes)" in card
     assert set(figures["heldout_one_pass"]) >= {"ACC5", "ADD5", "keypoint_px"}
+    assert set(figures["heldout_no_flip_test"]) >= {"ACC5", "ADD5", "keypoint_px"}
+    assert "heldout/test, two passes, flip test |" in card
     assert "heldout/test, two passes |" in card
     assert "heldout/test, one pass |" in card
+    assert "Flip test (input.flip_test: zoom)" in card
     assert "zoomed like the second pass" in card
     assert sum(row["count"] for row in figures["heldout"]["by_size"]) == 4
     assert "| drone size (px) | images | keypoint px |" in card
     assert figures["pose_covariance"] == load_checkpoint(best)["pose_covariance"]
     assert "PnP's covariance times the checkpoint's variance scales" in card
     assert "% of the poses lie inside their 95 % ellipsoid" in card
+
+    # re-carding the shipped copy from its card (the run folder gone) keeps the training record
+    recarded = write_model_card(
+        tmp_path / "card" / "tiny.pt",
+        card_training_record(tmp_path / "card" / "tiny.json"),
+        heldout,
+        tmp_path / "card" / "tiny",
+        "synth ...",
+        "synth heldout ...",
+    )
+    assert recarded["training"] == figures["training"]
+    assert recarded["heldout"]["metrics"] == figures["heldout"]["metrics"]
 
     plain = config(tiny_data, tmp_path, "plain", "epochs=1")
     train(plain, progress=False)
