@@ -103,6 +103,7 @@ class TrackerNode(LifecycleNode):
         self._declare_parameters()
         self._given_estimator = estimator
         self._trained_zoom = None  # the checkpoint's second-pass settings, kept while zoom_pass is off
+        self._trained_flip_test = "off"  # the checkpoint's flip test, kept while flip_test is off
         self.estimator: Any = None
         self.drone_frame = self.get_parameter("drone_frame").value
         self.counters: Counter[str] = Counter()
@@ -142,6 +143,9 @@ class TrackerNode(LifecycleNode):
         self._device = self.estimator.device
         self._trained_zoom = self.estimator.zoom
         self.estimator.zoom = self._trained_zoom if self.get_parameter("zoom_pass").value else None
+        self._trained_flip_test = getattr(self.estimator, "flip_test", "off")
+        if not self.get_parameter("flip_test").value:
+            self.estimator.flip_test = "off"
         output_qos = QoSProfile(depth=int(self.get_parameter("output_queue_depth").value))
         depth = int(self.get_parameter("input_queue_depth").value)
         overridable = QoSOverridingOptions.with_default_policies()
@@ -310,6 +314,11 @@ class TrackerNode(LifecycleNode):
             describe("zoomed second network pass for small drones when the checkpoint was trained for it"),
         )
         self.declare_parameter(
+            "flip_test",
+            True,
+            describe("average heatmaps with the mirrored image's where the checkpoint asks for it"),
+        )
+        self.declare_parameter(
             "input_queue_depth", 5, describe("QoS depth of the image and camera_info inputs")
         )
         self.declare_parameter("output_queue_depth", 10, describe("QoS depth of the pose outputs"))
@@ -339,7 +348,7 @@ class TrackerNode(LifecycleNode):
 
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
         updates = {}
-        zoom_pass = None
+        zoom_pass = flip_test = None
         for parameter in parameters:
             if parameter.name in self._THRESHOLD_FIELDS:
                 value = float(parameter.value)
@@ -349,6 +358,8 @@ class TrackerNode(LifecycleNode):
                 updates[parameter.name] = value
             elif parameter.name == "zoom_pass":  # declared bool: rclpy refuses other types
                 zoom_pass = bool(parameter.value)
+            elif parameter.name == "flip_test":  # declared bool
+                flip_test = bool(parameter.value)
             elif parameter.name in (
                 "autostart",
                 "max_image_pixels",
@@ -369,6 +380,8 @@ class TrackerNode(LifecycleNode):
             self.estimator.thresholds = dataclasses.replace(self.estimator.thresholds, **updates)
         if zoom_pass is not None and self.estimator is not None:
             self.estimator.zoom = self._trained_zoom if zoom_pass else None
+        if flip_test is not None and self.estimator is not None:
+            self.estimator.flip_test = self._trained_flip_test if flip_test else "off"
         return SetParametersResult(successful=True)
 
     def _load_estimator(self) -> Any:
@@ -589,6 +602,7 @@ class TrackerNode(LifecycleNode):
             "device": str(getattr(self.estimator, "device", "")),
             "model": str(getattr(self.estimator, "description", {}).get("path", "")),
             "zoom_pass": getattr(self.estimator, "zoom", None) is not None,
+            "flip_test": str(getattr(self.estimator, "flip_test", "off")),
             "last_rejection": self.last_rejection,
             **dict(self.counters),
         }

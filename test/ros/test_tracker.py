@@ -97,6 +97,8 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
             "/camera/image_raw",
             "--wait-timeout",
             "60",
+            "--rate",
+            "0.5",  # 5 Hz: headroom for a slow shared CPU (the tiny network took p50 160-210 ms on one)
         )
         assert spin_until(executor, lambda: replay.poll() is not None, timeout_s=90.0), (
             "replay did not finish"
@@ -156,7 +158,7 @@ def test_replayed_flight_gives_stamped_poses_covariance_tf_and_diagnostics(ros_n
     processed = int(values.get("frames_processed", 0))
     rejected_inputs = sum(int(values.get(f"rejected_{reason}", 0)) for reason in INPUT_REJECTIONS)
     assert processed + int(values.get("frames_dropped", 0)) + rejected_inputs == 20, values
-    assert processed >= 15
+    assert processed >= 15, values
     assert int(values["poses_published"]) == len(poses)
     assert {
         "input_rate_hz",
@@ -291,6 +293,8 @@ def test_thresholds_change_at_run_time_and_bad_values_are_refused(ros_node, flig
         assert not set_one("keypoint_confidence_power", -2.0).successful  # declared range [0, 16]
         assert set_one("zoom_pass", False).successful
         assert not set_one("zoom_pass", 2).successful  # declared bool
+        assert set_one("flip_test", False).successful
+        assert not set_one("flip_test", "zoom").successful  # declared bool
         future = client.get_parameters(
             ["max_reprojection_rms_px", "checkpoint", "drone_frame", "input_queue_depth"]
         )
