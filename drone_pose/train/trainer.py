@@ -220,19 +220,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> d
         if run.averaged is not None and epoch + 1 >= config.swa.start_epoch:
             run.averaged.update_parameters(run.predictor)
         validation_started = time.perf_counter()
-        metrics = (
-            evaluate(
-                run.predictor,
-                run.val_data,
-                run.drone,
-                config.batch_size,
-                run.device,
-                zoom_settings(config),
-                config.flip_test,
-            )
-            if main_process
-            else {}
-        )
+        metrics = _validate(run, run.predictor) if main_process else {}
         row = {
             "epoch": epoch + 1,
             "phase": _phase(config, epoch),
@@ -287,15 +275,7 @@ def _finish_swa(run: TrainingRun, writer: Any) -> dict[str, float] | None:
     images = (batch["image"] for batch in itertools.islice(loader, batches))
     with _autocast(run):
         update_bn(images, TrainingForward(averaged.module), device=run.device)
-    metrics = evaluate(
-        averaged.module,
-        run.val_data,
-        run.drone,
-        config.batch_size,
-        run.device,
-        zoom_settings(config),
-        config.flip_test,
-    )
+    metrics = _validate(run, averaged.module)
     last = run.history[-1]
     row = {**last, **metrics, "epoch": config.epochs, "validation_s": time.perf_counter() - started}
     first_epoch = config.swa.start_epoch
@@ -474,6 +454,20 @@ def _loader(run: TrainingRun, epoch: int) -> DataLoader:
         generator=generator,
         num_workers=config.data.workers,
         pin_memory=run.device.type == "cuda",
+    )
+
+
+def _validate(run: TrainingRun, predictor: HeatmapPredictor) -> dict[str, float]:
+    """evaluate() on the run's validation data with its second pass and flip test."""
+    config = run.config
+    return evaluate(
+        predictor,
+        run.val_data,
+        run.drone,
+        config.batch_size,
+        run.device,
+        zoom_settings(config),
+        config.flip_test,
     )
 
 
