@@ -152,6 +152,11 @@ class PoseEstimator:
         self.zoom = zoom
         validate_flip_test(flip_test, self.keypoints_3d)
         self.flip_permutation = mirror_permutation(self.keypoints_3d)  # None: the drone is not symmetric
+        self._flipped_pass = (
+            None
+            if self.flip_permutation is None
+            else flip_averaged(self._network_pass, self.flip_permutation)
+        )
         self.flip_test = flip_test  # may be switched to "off" and back at run time (tracker_node)
         self.covariance_scales = covariance_scales or CovarianceScales()
         if warm_up:
@@ -300,9 +305,7 @@ class PoseEstimator:
 
     def _flip_pass(self, flip: bool) -> Callable[[Tensor], Tensor]:
         """_network_pass, averaged with the mirrored images' heatmaps when `flip`."""
-        if not flip or self.flip_permutation is None:
-            return self._network_pass
-        return flip_averaged(self._network_pass, self.flip_permutation)
+        return self._flipped_pass if flip and self._flipped_pass is not None else self._network_pass
 
     def to(self, device: str | torch.device) -> PoseEstimator:
         """Move the network to `device` (e.g. "cpu" to free GPU memory while a node is inactive)."""
