@@ -10,6 +10,12 @@ A zoom draw (zoom_probability) instead centres the drone and scales it to about 
 (keypoint bounding-box diagonal), as the estimator's second pass does (drone_pose.nets.zoom), so
 the network learns the bilinearly upsampled look of far drones that it sees there.
 
+A mirror draw (mirror_probability; drones mirror-symmetric about the body x-z plane only, see
+drone_pose.nets.flip) flips the image left-right. The flipped image is the exact pinhole image of the
+same drone at the mirrored pose (S R M, S t), with S = diag(-1, 1, 1) in the camera and
+M = diag(1, -1, 1) in the body, through K with its principal point mirrored; the left and right
+keypoints swap labels (mirror_permutation).
+
 Photometric augmentation (brightness, contrast, saturation, per-channel gain, gamma, blur, noise)
 leaves the geometry untouched.
 
@@ -52,6 +58,8 @@ class AugmentConfig:
     zoom_jitter: tuple[float, float] = (0.75, 1.33)  # factor on the target (first-pass size errors)
     max_zoom: float = 3.0
     zoom_centre_jitter: float = 0.1  # drone centre offset, fraction of the zoomed drone size
+    mirror_probability: float = 0.0  # share of samples flipped left-right (needs mirror_permutation)
+    mirror_permutation: tuple[int, ...] | None = None  # keypoint j's mirror image is keypoint perm[j]
 
     def __post_init__(self) -> None:
         for name in ("scale", "contrast", "saturation", "gamma", "blur_sigma", "noise_sigma"):
@@ -72,6 +80,14 @@ class AugmentConfig:
             raise ValueError(
                 "augment.zoom_target_px must be positive, max_zoom >= 1, zoom_jitter 0 < low <= high"
             )
+        if not 0 <= self.mirror_probability <= 1:
+            raise ValueError(f"augment.mirror_probability must be in [0, 1], got {self.mirror_probability}")
+        if self.mirror_probability > 0 and self.mirror_permutation is None:
+            raise ValueError("augment.mirror_probability > 0 needs the drone's mirror_permutation")
+        if self.mirror_permutation is not None and sorted(self.mirror_permutation) != list(
+            range(len(self.mirror_permutation))
+        ):
+            raise ValueError(f"augment.mirror_permutation must be a permutation: {self.mirror_permutation}")
         if self.crop is not None and min(self.crop) < 1:
             raise ValueError(f"augment.crop must be a positive (width, height), got {self.crop}")
 
@@ -155,6 +171,34 @@ def apply_warp(sample: GeometricSample, H: np.ndarray, Rz: np.ndarray, S: np.nda
         K=S @ sample.K,
         R=Rz @ sample.R,
         t=Rz @ sample.t,
+    )
+
+
+_CAMERA_MIRROR = np.diag([-1.0, 1.0, 1.0])
+_BODY_MIRROR = np.diag([1.0, -1.0, 1.0])
+
+
+def mirror(sample: GeometricSample, permutation: tuple[int, ...] | list[int]) -> GeometricSample:
+    """The sample flipped left-right: the same drone at the mirrored pose (module docstring).
+
+    permutation [K]: keypoint j's mirror image across the body x-z plane is keypoint permutation[j]
+    (drone_pose.nets.flip.mirror_permutation). Pixel centres are integers, so u -> W - 1 - u.
+    """
+    width = sample.mask.shape[1]
+    index = np.asarray(permutation)
+    keypoints = sample.keypoints[index].copy()
+    keypoints[:, 0] = width - 1 - keypoints[:, 0]
+    K = sample.K.copy()
+    K[0, 1] = -K[0, 1]
+    K[0, 2] = width - 1 - K[0, 2]
+    return GeometricSample(
+        image=np.ascontiguousarray(sample.image[:, ::-1]),
+        mask=np.ascontiguousarray(sample.mask[:, ::-1]),
+        keypoints=keypoints.astype(np.float32),
+        visibility=sample.visibility[index].copy(),
+        K=K,
+        R=_CAMERA_MIRROR @ sample.R @ _BODY_MIRROR,
+        t=_CAMERA_MIRROR @ sample.t,
     )
 
 
@@ -260,7 +304,9 @@ def random_crop(
 
 
 def augment(sample: GeometricSample, rng: np.random.Generator, config: AugmentConfig) -> GeometricSample:
-    """Geometric augmentation, the optional training crop, then photometric augmentation."""
+    """The optional mirror, geometric augmentation, the training crop, then photometric augmentation."""
+    if config.mirror_probability > 0 and rng.random() < config.mirror_probability:
+        sample = mirror(sample, config.mirror_permutation)
     warped = random_geometric(sample, rng, config)
     if config.crop is not None:
         warped = random_crop(warped, rng, config.crop, config.crop_margin_px)

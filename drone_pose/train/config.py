@@ -41,6 +41,7 @@ class DataConfig:
     max_val_samples: int | None = None
     augment: bool = True
     crop: tuple[int, int] | None = None  # train on (width, height) windows around the drone
+    mirror: float = 0.0  # share of training samples flipped left-right (mirror-symmetric drones)
     workers: int = 2
 
 
@@ -171,6 +172,7 @@ def validate(config: TrainConfig) -> None:
         ("metric", config.metric in METRICS, f"one of {METRICS}"),
         ("data.workers", config.data.workers >= 0, "non-negative"),
         ("data.crop", config.data.crop is None or min(config.data.crop) >= 16, "a (width, height) >= 16 px"),
+        ("data.mirror", 0 <= config.data.mirror <= 1, "in [0, 1]"),
         ("loss.foreground_weight", config.loss.foreground_weight >= 0, "non-negative"),
         ("log_every", config.log_every >= 1, "at least 1"),
         ("zoom.probability", 0 <= config.zoom.probability <= 1, "in [0, 1]"),

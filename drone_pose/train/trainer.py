@@ -48,7 +48,7 @@ from drone_pose.geometry.metrics import evaluate_poses
 from drone_pose.geometry.pose_covariance import CovarianceScales, fit_covariance_scales, pose_error_vectors
 from drone_pose.nets.build import build_network, count_parameters, network_config
 from drone_pose.nets.decoding import decode_heatmaps, heatmap_to_image
-from drone_pose.nets.flip import flip_averaged, validate_flip_test
+from drone_pose.nets.flip import flip_averaged, mirror_permutation, validate_flip_test
 from drone_pose.nets.inference import HeatmapPredictor
 from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
 from drone_pose.train.config import ConfigError, TrainConfig, config_to_dict
@@ -536,31 +536,42 @@ def evaluate(
     return {key: float(value) for key, value in metrics.items()}
 
 
+def _augment_config(config: TrainConfig, drone: DroneModel) -> AugmentConfig:
+    """The run's training augmentation; ConfigError when data.mirror asks a drone without a mirror
+    symmetry to be flipped."""
+    permutation = mirror_permutation(drone.keypoints)
+    if config.data.mirror > 0 and permutation is None:
+        raise ConfigError(
+            f"data.mirror: {drone.name} is not mirror-symmetric about its body x-z plane (y -> -y); "
+            "set data.mirror to 0"
+        )
+    zoom = config.zoom
+    return AugmentConfig(
+        crop=config.data.crop,
+        zoom_probability=zoom.probability,
+        zoom_target_px=zoom.target_px,
+        max_zoom=zoom.max_zoom,
+        mirror_probability=config.data.mirror,
+        mirror_permutation=None if permutation is None else tuple(permutation),
+    )
+
+
 def _datasets(config: TrainConfig) -> tuple[Dataset, Dataset, DroneModel, tuple[int, int]]:
     data = config.data
-    zoom = config.zoom
-    augment = (
-        AugmentConfig(
-            crop=data.crop,
-            zoom_probability=zoom.probability,
-            zoom_target_px=zoom.target_px,
-            max_zoom=zoom.max_zoom,
-        )
-        if data.augment
-        else None
-    )
+    if data.path is not None:
+        val_set = ShardDataset(data.path, data.val_split, augment=None, seed=config.seed)
+        drone = load_drone(val_set.drone)
+    else:
+        val_set = UAVADataset(data.uava_root, data.drone, data.val_split, augment=None, seed=config.seed)
+        drone = load_drone(data.drone)
+    augment = _augment_config(config, drone) if data.augment else None
     if data.path is not None:
         train_set = ShardDataset(data.path, data.train_split, augment=augment, seed=config.seed)
-        val_set = ShardDataset(data.path, data.val_split, augment=None, seed=config.seed)
-        drone = load_drone(train_set.drone)
-        size = (train_set.width, train_set.height)
     else:
-        drone = load_drone(data.drone)
         train_set = UAVADataset(
             data.uava_root, data.drone, data.train_split, augment=augment, seed=config.seed
         )
-        val_set = UAVADataset(data.uava_root, data.drone, data.val_split, augment=None, seed=config.seed)
-        size = (train_set.width, train_set.height)
+    size = (train_set.width, train_set.height)
     if data.max_train_samples is not None:
         train_set = Subset(train_set, range(min(data.max_train_samples, len(train_set))))
     if data.max_val_samples is not None:

@@ -13,6 +13,7 @@ from drone_pose.data.augment import (
     GeometricSample,
     apply_warp,
     augment,
+    mirror,
     random_geometric,
     warp_matrix,
 )
@@ -23,6 +24,7 @@ from drone_pose.data.poses import PoseSamplingConfig
 from drone_pose.data.shards import DatasetFormatError, read_index, read_shard
 from drone_pose.data.synth import SceneConfig
 from drone_pose.geometry.camera import PinholeCamera
+from drone_pose.nets.flip import mirror_permutation
 
 K_UAVA = PinholeCamera.uava().K(torch.float64).numpy()
 
@@ -122,6 +124,54 @@ def test_zoom_draws_centre_and_enlarge_the_drone_like_the_second_pass():
     assert enlarged == 3  # the small drone of sample 2 (38 px), three draws
 
 
+@pytest.mark.parametrize("drone_name", ["tello", "m2ed"])
+def test_a_mirrored_sample_is_the_drone_at_the_mirrored_pose(drone_name):
+    """Flipped left-right, the image shows the same drone at a proper pose (det R = 1) whose projection
+    through the returned K lands on the relabelled keypoints; mirroring twice restores the sample."""
+    drone = load_drone(drone_name)
+    permutation = mirror_permutation(drone.keypoints)
+    for index in range(3):
+        sample = geometry_of(drone_name, index)
+        flipped = mirror(sample, permutation)
+        np.testing.assert_allclose(
+            flipped.keypoints, project(flipped.R, flipped.t, flipped.K, drone.keypoints), atol=1e-3
+        )
+        np.testing.assert_allclose(np.linalg.det(flipped.R), 1.0, atol=1e-9)
+        np.testing.assert_array_equal(flipped.image, sample.image[:, ::-1])
+        np.testing.assert_array_equal(flipped.mask, sample.mask[:, ::-1])
+        assert not np.allclose(flipped.R, sample.R)
+        twice = mirror(flipped, permutation)
+        np.testing.assert_allclose(twice.keypoints, sample.keypoints, atol=1e-4)
+        np.testing.assert_allclose(twice.R, sample.R, atol=1e-12)
+        np.testing.assert_allclose(twice.t, sample.t, atol=1e-12)
+        np.testing.assert_allclose(twice.K, sample.K, atol=1e-12)
+
+
+def test_mirror_draws_keep_the_augmented_geometry_exact():
+    """With mirror draws, zoom draws and crops together, every augmented Tello sample still projects
+    exactly; about the asked share of the draws is mirrored (the keypoint labels tell)."""
+    drone = load_drone("tello")
+    config = AugmentConfig(
+        mirror_probability=0.5,
+        mirror_permutation=tuple(mirror_permutation(drone.keypoints)),
+        zoom_probability=0.7,
+        max_zoom=8.0,
+        crop=(192, 160),
+    )
+    sample = geometry_of("tello", 1)
+    assert abs(sample.R[2, 1]) > 0.01  # the optical axis leaves the body x-z plane: draws tell apart
+    mirrored = 0
+    for draw in range(40):
+        out = augment(sample, np.random.default_rng(draw), config)
+        visible = out.visibility
+        np.testing.assert_allclose(
+            out.keypoints[visible], project(out.R, out.t, out.K, drone.keypoints)[visible], atol=1e-3
+        )
+        # unmirrored, out.R = Rz R (a roll about the optical axis); mirrored, out.R = Rz S R M
+        mirrored += abs((out.R @ np.diag([1.0, -1.0, 1.0]) @ sample.R.T)[2, 2] - 1.0) < 1e-9
+    assert 10 <= mirrored <= 30
+
+
 def test_no_augmentation_is_the_identity():
     sample = geometry_of(index=2)
     out = augment(sample, np.random.default_rng(0), AugmentConfig.none())
@@ -134,6 +184,10 @@ def test_bad_augment_config_is_named():
         AugmentConfig(scale=(1.2, 0.8))
     with pytest.raises(ValueError, match=r"augment\.zoom_probability"):
         AugmentConfig(zoom_probability=2.0)
+    with pytest.raises(ValueError, match=r"augment\.mirror_probability > 0 needs"):
+        AugmentConfig(mirror_probability=0.5)
+    with pytest.raises(ValueError, match=r"augment\.mirror_permutation must be a permutation"):
+        AugmentConfig(mirror_probability=0.5, mirror_permutation=(0, 0, 1))
 
 
 def test_shard_dataset_matches_the_shards(dataset_root):

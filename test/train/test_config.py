@@ -67,6 +67,7 @@ def test_overrides_and_yaml_numbers(data_dir):
         (["epochs=3", "swa.start_epoch=4"], r"swa\.start_epoch must be in \[0, epochs\]"),
         (["swa.bn_batches=0"], r"swa\.bn_batches must be at least 1"),
         (["flip_test=mirror"], "flip_test must be one of"),
+        (["data.mirror=1.5"], r"data\.mirror must be in \[0, 1\]"),
         (["flip_test=zoom"], "flip_test must be off or all when the run does not train for the second pass"),
         (["epochs"], "must look like key.sub=value"),
     ],

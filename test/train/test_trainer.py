@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -12,13 +13,14 @@ import pytest
 import torch
 
 from drone_pose.checkpoint import load_checkpoint
+from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import generate_dataset
 from drone_pose.estimator import PoseEstimator
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.model_card import card_training_record, training_record, write_model_card
 from drone_pose.nets.zoom import ZoomSettings
-from drone_pose.train.config import load_config
-from drone_pose.train.trainer import prepare, train
+from drone_pose.train.config import ConfigError, load_config
+from drone_pose.train.trainer import _augment_config, prepare, train
 
 from ..tiny_models import TINY_NET, tiny_checkpoint
 
@@ -206,6 +208,22 @@ def test_init_starts_a_higher_hrnet_from_the_plain_hrnet_checkpoint(tiny_data, t
     other = json.dumps({**TINY_NET, "stem_channels": 8})
     with pytest.raises(ValueError, match="different network"):
         prepare(config(tiny_data, tmp_path, "other", f"network={other}", f"init={start}"))
+
+
+def test_data_mirror_flips_training_samples_of_a_symmetric_drone_only(tiny_data, tmp_path):
+    """data.mirror gives the training augmentation the drone's left/right permutation; a drone without
+    a mirror symmetry is refused before training, naming the key."""
+    run = prepare(config(tiny_data, tmp_path, "mirror", "data.mirror=0.5"))
+    augment = run.train_data.augment_config
+    assert (augment.mirror_probability, augment.mirror_permutation) == (0.5, (0, 2, 1, 4, 3, 6, 5, 8, 7))
+    drone = load_drone("m2ed")
+    keypoints = drone.keypoints.copy()
+    keypoints[1, 1] += 0.01  # front-left motor moved outwards: no mirror image among the keypoints
+    lopsided = dataclasses.replace(drone, keypoints=keypoints)
+    mirrored = config(tiny_data, tmp_path, "lopsided", "data.mirror=0.5")
+    with pytest.raises(ConfigError, match=r"data\.mirror: m2ed is not mirror-symmetric"):
+        _augment_config(mirrored, lopsided)
+    assert _augment_config(config(tiny_data, tmp_path, "plain"), lopsided).mirror_probability == 0
 
 
 def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_older_states(
