@@ -146,6 +146,12 @@ def prepare(config: TrainConfig) -> TrainingRun:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    if device.type == "cpu" and config.cpu_bf16 and not native_cpu_bfloat16():
+        log.warning(
+            "cpu_bf16: this CPU has no native bfloat16 (oneDNN reports none), so bfloat16 autocast is "
+            "emulated: a training step of the shipped Tello network took 8.0 s against 0.85 s in "
+            "float32 on such a CPU. Leave cpu_bf16 off here."
+        )
     train_data, val_data, drone, image_size = _datasets(config)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     network = build_network(config.network)
@@ -323,6 +329,15 @@ def _phase(config: TrainConfig, epoch: int) -> str:
 def _amp(run: TrainingRun) -> bool:
     """Float16 autocast with gradient scaling (CUDA only)."""
     return run.config.amp and run.device.type == "cuda"
+
+
+def native_cpu_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX512-BF16 or AMX; cpu_bf16 pays off only
+    there). False when PyTorch cannot tell."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _autocast(run: TrainingRun) -> torch.autocast:

@@ -116,6 +116,18 @@ def test_swa_averages_the_epochs_weights_resumes_and_ships_a_checkpoint(tiny_dat
     assert "px median over in-image keypoints" in card
 
 
+def test_cpu_bf16_on_a_cpu_without_native_bfloat16_warns(tiny_data, tmp_path, monkeypatch, caplog):
+    """Emulated bfloat16 is about 10x slower than float32: a run that asks for it there is told so."""
+    monkeypatch.setattr("drone_pose.train.trainer.native_cpu_bfloat16", lambda: False)
+    with caplog.at_level("WARNING", logger="drone_pose.train.trainer"):
+        prepare(config(tiny_data, tmp_path, "bf16", "cpu_bf16=true"))
+    assert "no native bfloat16" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="drone_pose.train.trainer"):
+        prepare(config(tiny_data, tmp_path, "fp32"))
+    assert "bfloat16" not in caplog.text
+
+
 def test_memory_format_and_cpu_bfloat16_steps(tiny_data, tmp_path):
     """channels_last changes the memory layout only, not the losses; bfloat16 autocast on CPU trains
     to nearly the same losses; a resumed run may switch either (how steps run, not what they learn)."""
