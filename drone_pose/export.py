@@ -4,7 +4,11 @@ The exported graph is `HeatmapPredictor`: float RGB images [B,3,H,W] in [0, 1] a
 input size -> heatmaps [B,K,h,w] at the finest resolution (normalisation and HigherHRNet
 aggregation included), with a dynamic batch dimension. The checkpoint's description (drone
 keypoints, input size, network, training summary) travels inside the file: ONNX metadata_props
-key "drone_pose", TorchScript extra file "drone_pose.json". Decoding and PnP stay in the caller.
+key "drone_pose", TorchScript extra file "drone_pose.json". Decoding and PnP stay in the caller, and
+so do the zoomed second pass (input.zoom) and the flip test (input.flip_test): for the latter the
+description adds "flip_test_permutation", the heatmap channel order of the mirrored image (run the
+model on the image and its left-right mirror, flip the second heatmaps back, reorder their channels
+by it and average; drone_pose.nets.flip).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from drone_pose.checkpoint import load_checkpoint, network_from_checkpoint
+from drone_pose.nets.flip import validate_flip_test
 from drone_pose.nets.inference import HeatmapPredictor
 
 ExportFormat = Literal["onnx", "torchscript"]
@@ -36,6 +41,17 @@ def predictor_from_checkpoint(checkpoint: dict[str, Any], where: str) -> Heatmap
     network = network_from_checkpoint(checkpoint, where)
     keypoints = len(checkpoint["drone"]["keypoints"])
     return HeatmapPredictor(network, keypoints, tuple(spec["mean"]), tuple(spec["std"])).eval()
+
+
+def export_description(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What travels in the exported file: the checkpoint without its weights, plus the flip test's
+    channel permutation when the checkpoint asks for the flip test (module docstring)."""
+    description = {key: value for key, value in checkpoint.items() if key != "state_dict"}
+    mode = checkpoint["input"].get("flip_test", "off")
+    permutation = validate_flip_test(mode, np.asarray(checkpoint["drone"]["keypoints"]))
+    if permutation is not None:
+        description["flip_test_permutation"] = permutation
+    return description
 
 
 def export_checkpoint(
@@ -58,9 +74,7 @@ def export_checkpoint(
     width, height = checkpoint["input"]["width"], checkpoint["input"]["height"]
     output = Path(output) if output else Path(checkpoint_path).with_suffix(SUFFIXES[export_format])
     output.parent.mkdir(parents=True, exist_ok=True)
-    description = json.dumps(
-        {key: value for key, value in checkpoint.items() if key != "state_dict"}, sort_keys=True
-    )
+    description = json.dumps(export_description(checkpoint), sort_keys=True)
     example = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
     start = time.perf_counter()

@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from drone_pose.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
+from drone_pose.checkpoint import (
+    CheckpointError,
+    default_checkpoint,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
 from drone_pose.cli import main
 from drone_pose.data.drones import load_drone
 from drone_pose.export import export_checkpoint, predictor_from_checkpoint, read_export_metadata
 from drone_pose.nets import build_network
+from drone_pose.nets.flip import flip_averaged
 
 INPUT = (160, 128)
 
@@ -70,6 +77,26 @@ def test_torchscript_export_through_the_cli_matches_pytorch(checkpoint_path, tmp
         heatmaps = module(images).numpy()
     np.testing.assert_allclose(heatmaps, reference_heatmaps(checkpoint_path, images), atol=1e-5, rtol=0)
     assert read_export_metadata(out)["drone"]["name"] == "tello"
+    assert "flip_test_permutation" not in read_export_metadata(out)
+
+
+def test_a_flip_test_checkpoint_exports_the_channel_order_of_the_mirrored_image(tmp_path):
+    """The shipped Tello checkpoint asks for the flip test: its export says how to undo the mirror, and
+    following that recipe with the exported model gives the estimator's flip-averaged heatmaps."""
+    shipped = default_checkpoint("tello")
+    assert load_checkpoint(shipped)["input"]["flip_test"] == "zoom"
+    out = tmp_path / "tello.ts"
+    export_checkpoint(shipped, out, "torchscript", verify=False)
+    permutation = read_export_metadata(out)["flip_test_permutation"]
+    assert permutation == [0, 2, 1, 4, 3, 6, 5, 8, 7]
+    module = torch.jit.load(str(out))
+    images = torch.rand(1, 3, 240, 320, generator=torch.Generator().manual_seed(3))
+    predictor = predictor_from_checkpoint(load_checkpoint(shipped), "test")
+    with torch.inference_mode():
+        exported = module(torch.cat((images, images.flip(-1))))
+        recipe = 0.5 * (exported[:1] + exported[1:].flip(-1)[:, permutation])
+        expected = flip_averaged(predictor, permutation)(images)
+    torch.testing.assert_close(recipe, expected, atol=1e-4, rtol=0)
 
 
 def test_export_errors_are_clear(checkpoint_path, tmp_path):
