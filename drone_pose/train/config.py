@@ -173,6 +173,7 @@ def validate(config: TrainConfig) -> None:
         ("data.workers", config.data.workers >= 0, "non-negative"),
         ("data.crop", config.data.crop is None or min(config.data.crop) >= 16, "a (width, height) >= 16 px"),
         ("data.mirror", 0 <= config.data.mirror <= 1, "in [0, 1]"),
+        ("data.mirror", config.data.mirror == 0 or config.data.augment, "0 when data.augment is false"),
         ("loss.foreground_weight", config.loss.foreground_weight >= 0, "non-negative"),
         ("log_every", config.log_every >= 1, "at least 1"),
         ("zoom.probability", 0 <= config.zoom.probability <= 1, "in [0, 1]"),

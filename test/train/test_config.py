@@ -68,6 +68,7 @@ def test_overrides_and_yaml_numbers(data_dir):
         (["swa.bn_batches=0"], r"swa\.bn_batches must be at least 1"),
         (["flip_test=mirror"], "flip_test must be one of"),
         (["data.mirror=1.5"], r"data\.mirror must be in \[0, 1\]"),
+        (["data.mirror=0.5", "data.augment=false"], r"data\.mirror must be 0 when data\.augment is false"),
         (["flip_test=zoom"], "flip_test must be off or all when the run does not train for the second pass"),
         (["epochs"], "must look like key.sub=value"),
     ],
