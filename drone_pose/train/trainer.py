@@ -114,11 +114,22 @@ class TrainingRun:
     best: list[float] = field(default_factory=lambda: [-math.inf, -math.inf])  # (metric, -keypoint_px)
 
 
+_HIGHER_MODULE_KEYS = ("higher", "deconv_blocks", "deconv_channels")
+
+
 def initial_weights_fit(network_spec: str | dict[str, Any], checkpoint_network: dict[str, Any]) -> bool:
     """Whether a checkpoint of `checkpoint_network` can start a run of `network_spec`: the same
-    network, or that network with the HigherHRNet module added (which then starts untrained)."""
+    network, or that network with a HigherHRNet module of any size added (which then starts
+    untrained)."""
     wanted = plain_network_config(network_spec)
-    return wanted == checkpoint_network or wanted == {**checkpoint_network, "higher": True}
+    if wanted == checkpoint_network:
+        return True
+
+    def trunk(config: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in config.items() if key not in _HIGHER_MODULE_KEYS}
+
+    adds_module = bool(wanted.get("higher")) and not checkpoint_network.get("higher")
+    return adds_module and trunk(wanted) == trunk(checkpoint_network)
 
 
 def load_initial_weights(network: nn.Module, config: TrainConfig) -> None:

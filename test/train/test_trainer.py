@@ -20,7 +20,7 @@ from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.model_card import card_training_record, training_record, write_model_card
 from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.train.config import ConfigError, load_config
-from drone_pose.train.trainer import _augment_config, prepare, train
+from drone_pose.train.trainer import _augment_config, initial_weights_fit, prepare, train
 
 from ..tiny_models import TINY_NET, tiny_checkpoint
 
@@ -217,9 +217,18 @@ def test_init_starts_a_higher_hrnet_from_the_plain_hrnet_checkpoint(tiny_data, t
     weights = run.predictor.network.state_dict()
     assert all(torch.equal(weights[name], value) for name, value in trained.items())
     assert any(name.startswith("final_higher.") for name in weights)
+    lighter = json.dumps({**TINY_NET, "higher": True, "deconv_blocks": 1})
+    run = prepare(config(tiny_data, tmp_path, "lighter", f"network={lighter}", f"init={start}"))
+    weights = run.predictor.network.state_dict()
+    assert all(torch.equal(weights[name], value) for name, value in trained.items())
+    assert not any(name.startswith("deconv.4.") for name in weights)  # one BasicBlock, not four
     other = json.dumps({**TINY_NET, "stem_channels": 8})
     with pytest.raises(ValueError, match="different network"):
         prepare(config(tiny_data, tmp_path, "other", f"network={other}", f"init={start}"))
+    # A module of another size is not a trunk: a HigherHRNet checkpoint starts only its own network.
+    assert not initial_weights_fit(
+        {**TINY_NET, "higher": True, "deconv_blocks": 2}, {**TINY_NET, "higher": True}
+    )
 
 
 def test_data_mirror_flips_training_samples_of_a_symmetric_drone_only(tiny_data, tmp_path):
