@@ -50,6 +50,7 @@ from drone_pose.nets.build import build_network, count_parameters, network_confi
 from drone_pose.nets.decoding import decode_heatmaps, heatmap_to_image
 from drone_pose.nets.flip import flip_averaged, mirror_permutation, validate_flip_test
 from drone_pose.nets.inference import HeatmapPredictor
+from drone_pose.nets.widen import is_widening, widen_state_dict
 from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
 from drone_pose.train.config import ConfigError, TrainConfig, config_to_dict
 from drone_pose.train.objectives import (
@@ -119,10 +120,11 @@ _HIGHER_MODULE_KEYS = ("higher", "deconv_blocks", "deconv_channels")
 
 def initial_weights_fit(network_spec: str | dict[str, Any], checkpoint_network: dict[str, Any]) -> bool:
     """Whether a checkpoint of `checkpoint_network` can start a run of `network_spec`: the same
-    network, or that network with a HigherHRNet module of any size added (which then starts
-    untrained)."""
+    network, that network with a HigherHRNet module of any size added (which then starts
+    untrained), or a wider HRNet of the same layout (widened so that it starts computing the same
+    heatmaps, drone_pose.nets.widen)."""
     wanted = plain_network_config(network_spec)
-    if wanted == checkpoint_network:
+    if wanted == checkpoint_network or is_widening(checkpoint_network, wanted):
         return True
 
     def trunk(config: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +140,10 @@ def load_initial_weights(network: nn.Module, config: TrainConfig) -> None:
     if not initial_weights_fit(config.network, initial["network"]):
         raise ValueError(f"init: {config.init} holds a different network than the config's")
     trained = network_from_checkpoint(initial, str(config.init)).state_dict()
+    if is_widening(initial["network"], plain_network_config(config.network)):
+        network.load_state_dict(widen_state_dict(trained, network, seed=config.seed))
+        log.info("init: %s widened to the config's channel widths", config.init)
+        return
     result = network.load_state_dict(trained, strict=False)
     fresh = [key for key in result.missing_keys if not key.startswith(("deconv.", "final_higher."))]
     if fresh or result.unexpected_keys:

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from drone_pose.checkpoint import load_checkpoint
+from drone_pose.checkpoint import load_checkpoint, network_from_checkpoint
 from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import generate_dataset
 from drone_pose.estimator import PoseEstimator
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.model_card import card_training_record, training_record, write_model_card
+from drone_pose.nets.build import build_network
 from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.train.config import ConfigError, load_config
 from drone_pose.train.trainer import _augment_config, initial_weights_fit, prepare, train
@@ -229,6 +230,25 @@ def test_init_starts_a_higher_hrnet_from_the_plain_hrnet_checkpoint(tiny_data, t
     assert not initial_weights_fit(
         {**TINY_NET, "higher": True, "deconv_blocks": 2}, {**TINY_NET, "higher": True}
     )
+
+
+def test_init_widens_a_narrower_hrnet_checkpoint_to_the_configs_widths(tiny_data, tmp_path):
+    """A wider HRNet of the same layout starts from the narrower checkpoint computing about the same
+    heatmaps (drone_pose.nets.widen), not from scratch."""
+    start = tiny_checkpoint(tmp_path / "hrnet.pt")
+    narrow = network_from_checkpoint(load_checkpoint(start), str(start)).eval()
+    stage = {"modules": 1, "blocks": [1, 1], "channels": [24, 48]}
+    wider = {**TINY_NET, "stem_channels": 24, "stages": [stage]}
+    run = prepare(config(tiny_data, tmp_path, "wider", f"network={json.dumps(wider)}", f"init={start}"))
+    wide = run.predictor.network.eval()
+    assert wide.state_dict()["stem.0.0.weight"].shape[0] == 24
+    images = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        expected, got = narrow(images)[-1], wide(images)[-1]
+    assert float((got - expected).abs().max()) < 0.05 * float(expected.abs().max())
+    fresh = build_network(wider).eval()
+    with torch.no_grad():
+        assert float((fresh(images)[-1] - expected).abs().max()) > 0.05 * float(expected.abs().max())
 
 
 def test_data_mirror_flips_training_samples_of_a_symmetric_drone_only(tiny_data, tmp_path):
