@@ -156,6 +156,7 @@ def generate_dataset(
         str(out),
         scene or SceneConfig(),
         poses or PoseSamplingConfig(),
+        lossless,
     )
     out.mkdir(parents=True, exist_ok=True)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from drone_pose.cli import main
-from drone_pose.data.generate import generate_dataset, plan_jobs
+from drone_pose.data.generate import GenerationSpec, generate_dataset, plan_jobs, render_sample
+from drone_pose.data.poses import PoseSamplingConfig
 from drone_pose.data.shards import DatasetFormatError, read_index, read_shard
+from drone_pose.data.synth import SceneConfig
 
 
 def all_samples(root):
@@ -50,6 +52,19 @@ def test_splits_are_disjoint_and_shards_read_back(tmp_path, capsys):
     p = np.array([[0.0, 0.0, 0.0]]) @ shard.R[0].T + shard.t[0]
     centroid = (p @ K.T)[0, :2] / p[0, 2]
     np.testing.assert_allclose(shard.keypoints[0, 0], centroid, atol=1e-3)
+
+
+def test_lossless_stores_the_rendered_images_exactly(tmp_path):
+    assert main(["synth", "--drone", "tello", "--count", "3", "--out", str(tmp_path / "png"), "--seed", "8",
+                 "--workers", "1", "--splits", "0", "0", "1", "--lossless"]) == 0  # fmt: skip
+    shards, index = all_samples(tmp_path / "png")
+    assert index["image_encoding"] == "png"
+    spec = GenerationSpec("tello", tuple(map(tuple, index["camera"]["K"])), index["camera"]["width"],
+                          index["camera"]["height"], 8, "", SceneConfig(), PoseSamplingConfig())  # fmt: skip
+    for i in range(3):
+        rendered = render_sample(spec, int(shards[0].index[i]))["scene"].image
+        assert bytes(shards[0].encoded[shards[0].offsets[i] : shards[0].offsets[i] + 4]) == b"\x89PNG"
+        assert np.array_equal(shards[0].image(i), rendered)
 
 
 def test_a_corrupt_shard_is_reported_and_the_others_still_read(tmp_path):
