@@ -48,8 +48,8 @@ class SceneConfig:
     shapes in the background; motion_blur_p / max_blur_px; noise_std: sensor noise (0..255 units);
     exposure: max relative exposure change; white_balance: max relative per-channel gain change.
     supersampling: the drone is rasterised at this many times the resolution per axis and averaged
-    down (a box filter, like a pixel's area). 2 quantises edge coverage to quarters: jagged edges
-    that a camera does not make, and that cost the Tello's network 4 ADD5 points against 4.
+    down (a box filter, like a pixel's area). 2 quantises edge coverage to quarters, jagged edges
+    that a camera does not make (they cost the shipped Tello network 4 ADD5 points against 4).
     """
 
     background_folder: str | None = None
