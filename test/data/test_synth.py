@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -150,11 +152,10 @@ def test_more_samples_per_pixel_converge_to_the_pixel_area_integral():
     than 2x2 by more than half."""
     drone = load_drone("tello")
     poses = sample_poses(drone, K, W, H, 6, np.random.default_rng(9))
-    clean = {"occlusion_p": 0.0, "motion_blur_p": 0.0, "noise_std": 0.0, "distractors": 0, "exposure": 0.0}
     errors = {2: 0.0, 4: 0.0}
 
     def render(i, factor):
-        config = SceneConfig(**clean, supersampling=factor)
+        config = dataclasses.replace(CLEAN, exposure=0.0, supersampling=factor)
         return render_scene(drone, poses.R[i], poses.t[i], K, W, H, seed=i, config=config)
 
     for i in range(6):
