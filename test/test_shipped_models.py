@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from drone_pose.checkpoint import SHIPPED_CHECKPOINTS, default_checkpoint
 from drone_pose.data.generate import generate_dataset
-from drone_pose.estimator import PoseEstimator
-from drone_pose.evaluate import evaluate_checkpoint
+from drone_pose.evaluation.split_evaluation import evaluate_checkpoint
+from drone_pose.inference.checkpoint import SHIPPED_CHECKPOINTS, default_checkpoint
+from drone_pose.inference.estimator import PoseEstimator
 
 MAX_BYTES = 10 * 1024 * 1024
 # ACC5 points the validity flag adds (valid poses against all): held-out 1000, Tello 65.5 -> 82.9 %,

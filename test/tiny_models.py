@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from drone_pose.checkpoint import make_checkpoint, save_checkpoint
-from drone_pose.data.drones import load_drone
+from drone_pose.drones import load_drone
+from drone_pose.inference.checkpoint import make_checkpoint, save_checkpoint
 from drone_pose.nets.build import build_network
 
 TINY_NET = {"architecture": "hrnet", "heatmaps": 9, "stem_channels": 16, "stem_planes": 8, "stem_blocks": 1,

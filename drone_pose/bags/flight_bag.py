@@ -32,9 +32,9 @@ from tqdm import tqdm
 
 from drone_pose import __version__
 from drone_pose.bags import messages
-from drone_pose.data.drones import load_drone
 from drone_pose.data.flights import Flight, FlightConfig, RigCamera, make_rig, sample_flight
 from drone_pose.data.synth import SceneConfig, check_camera, render_background, render_scene
+from drone_pose.drones import load_drone
 from drone_pose.geometry.camera import PinholeCamera
 
 WORLD_FRAME = "world"

@@ -27,9 +27,9 @@ import torch
 from torch.utils.data import Dataset
 
 from drone_pose.data.augment import AugmentConfig, GeometricSample, augment
-from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import SPLITS, GenerationSpec, render_sample
 from drone_pose.data.shards import SHARD_KEYS, DatasetFormatError, read_index
+from drone_pose.drones import load_drone
 
 log = logging.getLogger(__name__)
 

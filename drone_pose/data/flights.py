@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.interpolate import CubicHermiteSpline
 
-from drone_pose.data.drones import DroneModel
 from drone_pose.data.poses import PoseSamplingConfig, size_range_for
+from drone_pose.drones import DroneModel
 
 GRAVITY = 9.81
 CAMERA_AZIMUTHS_DEG = (0.0, 50.0, -50.0, 100.0)  # around the flight centre, for rigs of 1..4

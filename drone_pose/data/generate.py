@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from drone_pose.data.drones import DroneModel, load_drone
 from drone_pose.data.poses import PoseSamplingConfig, apparent_size_px, sample_poses
 from drone_pose.data.shards import FORMAT, INDEX_FILE, VERSION, encode_shard, write_shard
 from drone_pose.data.synth import SceneConfig, check_camera, render_scene
+from drone_pose.drones import DroneModel, load_drone
 from drone_pose.geometry.camera import PinholeCamera
 
 SPLITS = ("train", "val", "test")

@@ -14,7 +14,7 @@ import numpy as np
 import roma
 import torch
 
-from drone_pose.data.drones import DroneModel
+from drone_pose.drones import DroneModel
 
 # Apparent size of the model diagonal in pixels at the UAVA resolution (320x240).
 SIZE_RANGE_PX = {"m2ed": (30.0, 150.0), "tello": (10.0, 60.0)}

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from drone_pose.data.drones import DroneModel
 from drone_pose.data.rasterize import NEAR_PLANE_M, project_vertices, rasterize
+from drone_pose.drones import DroneModel
 from drone_pose.geometry.camera import validate_intrinsics
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

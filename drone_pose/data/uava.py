@@ -28,9 +28,9 @@ import torch
 
 from drone_pose.data.augment import AugmentConfig, GeometricSample
 from drone_pose.data.dataset import AugmentedDataset
-from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import SPLITS
 from drone_pose.data.shards import DatasetFormatError
+from drone_pose.drones import load_drone
 from drone_pose.geometry.camera import PinholeCamera
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from drone_pose.nets.decoding import decode_heatmaps, heatmap_to_image
+from drone_pose.nets.heatmap_codec import decode_heatmaps, heatmap_to_image
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,14 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
-from drone_pose.bags.evaluate_bag import evaluate_bag, read_frames
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
 from drone_pose.bags.messages import TYPESTORE
-from drone_pose.checkpoint import default_checkpoint
-from drone_pose.data.drones import load_drone
+from drone_pose.drones import load_drone
+from drone_pose.evaluation.bag_evaluation import evaluate_bag, read_frames
+from drone_pose.evaluation.reports import markdown_table
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
 from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
-from drone_pose.reports import markdown_table
+from drone_pose.inference.checkpoint import default_checkpoint
 from drone_pose.ros.launch_plan import fastdds_profile
 from drone_pose.ros.launcher import stop_process
 from drone_pose.ros.qos import tf_qos

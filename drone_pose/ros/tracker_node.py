@@ -385,7 +385,7 @@ class TrackerNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _load_estimator(self) -> Any:
-        from drone_pose.estimator import EstimatorThresholds, PoseEstimator
+        from drone_pose.inference.estimator import EstimatorThresholds, PoseEstimator
 
         checkpoint = self.get_parameter("checkpoint").value or None
         device = self.get_parameter("device").value
@@ -541,7 +541,7 @@ class TrackerNode(LifecycleNode):
 
     def _mesh_marker(self) -> Marker | None:
         """The drone mesh as a TRIANGLE_LIST in the drone frame (posed per frame); None without a model."""
-        from drone_pose.data.drones import DroneModelError, load_drone
+        from drone_pose.drones import DroneModelError, load_drone
 
         try:
             drone = load_drone(self.estimator.description.get("drone", {}).get("name", ""))
@@ -559,7 +559,7 @@ class TrackerNode(LifecycleNode):
         return marker
 
     def _publish_overlay(self, frame: Frame, result: Any) -> None:
-        from drone_pose.overlay import draw_pose_overlay
+        from drone_pose.inference.overlay import draw_pose_overlay
 
         drone = self._drone
         if drone is None:

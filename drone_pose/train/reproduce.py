@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from drone_pose.checkpoint import load_checkpoint, plain_network_config
 from drone_pose.data.generate import generate_dataset
 from drone_pose.data.shards import INDEX_FILE
-from drone_pose.evaluate import evaluate_checkpoint, open_dataset
-from drone_pose.paper_results import COLUMNS, TABLE_7, TABLES, TIMING_COLUMNS
+from drone_pose.evaluation.split_evaluation import evaluate_checkpoint, open_dataset
+from drone_pose.inference.checkpoint import load_checkpoint, plain_network_config
 from drone_pose.resources import config_dir
 from drone_pose.train.config import load_config
-from drone_pose.train.trainer import initial_weights_fit, train
+from drone_pose.train.paper_results import COLUMNS, TABLE_7, TABLES, TIMING_COLUMNS
+from drone_pose.train.preparation import initial_weights_fit
+from drone_pose.train.trainer import train
 
 STUDY_EPOCHS = 44
 STUDY_HEATMAP_EPOCHS = 30  # Table 5: l_h for 30 epochs, then l_m for 14

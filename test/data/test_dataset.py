@@ -18,11 +18,11 @@ from drone_pose.data.augment import (
     warp_matrix,
 )
 from drone_pose.data.dataset import RenderedDataset, ShardDataset
-from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import GenerationSpec, generate_dataset, render_sample
 from drone_pose.data.poses import PoseSamplingConfig
 from drone_pose.data.shards import DatasetFormatError, read_index, read_shard
 from drone_pose.data.synth import SceneConfig
+from drone_pose.drones import load_drone
 from drone_pose.geometry.camera import PinholeCamera
 from drone_pose.nets.flip import mirror_permutation
 

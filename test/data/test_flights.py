@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from drone_pose.data.drones import load_drone
 from drone_pose.data.flights import GRAVITY, FlightConfig, make_rig, sample_flight
+from drone_pose.drones import load_drone
 from drone_pose.geometry.camera import PinholeCamera
 
 K = PinholeCamera.uava().K(torch.float64).numpy()

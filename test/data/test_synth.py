@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from drone_pose.data.drones import DroneModelError, load_drone
 from drone_pose.data.poses import PoseSamplingConfig, sample_poses
 from drone_pose.data.synth import SceneConfig, render_scene
+from drone_pose.drones import DroneModelError, load_drone
 from drone_pose.geometry.camera import PinholeCamera
 
 K = PinholeCamera.uava().K().double().numpy()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from drone_pose.data.drones import load_drone
+from drone_pose.drones import load_drone
 from drone_pose.geometry.camera import PinholeCamera
 from drone_pose.geometry.metrics import (
     evaluate_poses,

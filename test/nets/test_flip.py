@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from drone_pose.data.dataset import ShardDataset
-from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import generate_dataset
-from drone_pose.estimator import PoseEstimator
-from drone_pose.nets.decoding import decode_heatmaps
+from drone_pose.drones import load_drone
+from drone_pose.inference.estimator import PoseEstimator
 from drone_pose.nets.flip import flip_averaged, mirror_permutation, validate_flip_test
+from drone_pose.nets.heatmap_codec import decode_heatmaps
 
 LEFT_RIGHT_SWAPPED = [0, 2, 1, 4, 3, 6, 5, 8, 7]  # centroid, then front-left/front-right, ...
 

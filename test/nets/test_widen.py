@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from drone_pose.checkpoint import plain_network_config
+from drone_pose.inference.checkpoint import plain_network_config
 from drone_pose.nets.build import build_network
 from drone_pose.nets.widen import WideningError, is_widening, widen_state_dict
 

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import torch
 
+from drone_pose.bench.pnp_problems import generic_problems, pose_errors_deg_m, uava_problems
 from drone_pose.geometry.camera import project_points
 from drone_pose.pnp import epnp
 from drone_pose.pnp.epnp import epnp_start
-from drone_pose.pnp.problems import generic_problems, pose_errors_deg_m, uava_problems
 from drone_pose.pnp.projection import broadcast_inputs
 
 # the module (drone_pose.pnp exports the function of the same name)

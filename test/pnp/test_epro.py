@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from drone_pose.bench.pnp_problems import uava_problems
 from drone_pose.pnp import solve_pnp
 from drone_pose.pnp.epro import (
     amis_samples,
@@ -13,7 +14,6 @@ from drone_pose.pnp.epro import (
     epro_pnp_loss,
     monte_carlo_kl_loss,
 )
-from drone_pose.pnp.problems import uava_problems
 from drone_pose.pnp.projection import broadcast_inputs, cost_derivatives
 
 F64 = torch.float64

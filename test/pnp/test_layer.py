@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from drone_pose.bench.pnp_problems import generic_problems, model_points, uava_problems
 from drone_pose.geometry.camera import PinholeCamera, project_points
 from drone_pose.geometry.rotations import random_rotations
 from drone_pose.pnp import pnp_layer, projection_loss, regression_loss, solve_pnp
-from drone_pose.pnp.problems import generic_problems, model_points, uava_problems
 
 F64 = torch.float64
 TIGHT = {"tolerance": 1e-15, "max_iterations": 300}

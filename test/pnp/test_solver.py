@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from drone_pose.bench.pnp_problems import generic_problems, pose_errors_deg_m, uava_problems
 from drone_pose.geometry.camera import project_points
 from drone_pose.geometry.rotations import geodesic_angle
 from drone_pose.pnp import PnPStatus, solve_pnp
-from drone_pose.pnp.problems import generic_problems, pose_errors_deg_m, uava_problems
 
 F64 = torch.float64
 

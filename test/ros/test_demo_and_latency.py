@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from drone_pose.checkpoint import default_checkpoint
+from drone_pose.inference.checkpoint import default_checkpoint
 from drone_pose.ros.demo import run_demo
 
 from ..tiny_models import tiny_checkpoint

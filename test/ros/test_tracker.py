@@ -20,7 +20,7 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
-from drone_pose.data.drones import load_drone
+from drone_pose.drones import load_drone
 from drone_pose.ros.qos import TF_TOPIC, sensor_data_qos, tf_qos
 from drone_pose.ros.tracker_node import INPUT_REJECTIONS
 
@@ -361,8 +361,8 @@ def test_a_bag_with_a_corrupt_message(ros_node, flight, tmp_path):
     other frames, and eval-bag reports it as undecodable and scores the rest."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
-    from drone_pose.bags.evaluate_bag import evaluate_bag
     from drone_pose.bags.messages import TYPESTORE
+    from drone_pose.evaluation.bag_evaluation import evaluate_bag
 
     node, executor = ros_node
     bag, checkpoint, image_stamps = flight

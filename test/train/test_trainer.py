@@ -12,16 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from drone_pose.checkpoint import load_checkpoint, network_from_checkpoint
-from drone_pose.data.drones import load_drone
 from drone_pose.data.generate import generate_dataset
-from drone_pose.estimator import PoseEstimator
+from drone_pose.drones import load_drone
+from drone_pose.evaluation.model_card import card_training_record, training_record, write_model_card
 from drone_pose.geometry.pose_covariance import CovarianceScales
-from drone_pose.model_card import card_training_record, training_record, write_model_card
+from drone_pose.inference.checkpoint import load_checkpoint, network_from_checkpoint
+from drone_pose.inference.estimator import PoseEstimator
 from drone_pose.nets.build import build_network
 from drone_pose.nets.zoom import ZoomSettings
 from drone_pose.train.config import ConfigError, load_config
-from drone_pose.train.trainer import _augment_config, initial_weights_fit, prepare, train
+from drone_pose.train.preparation import augment_config, initial_weights_fit, prepare
+from drone_pose.train.trainer import train
 
 from ..tiny_models import TINY_NET, tiny_checkpoint
 
@@ -119,7 +120,7 @@ def test_swa_averages_the_epochs_weights_resumes_and_ships_a_checkpoint(tiny_dat
 
 def test_cpu_bf16_on_a_cpu_without_native_bfloat16_warns(tiny_data, tmp_path, monkeypatch, caplog):
     """Emulated bfloat16 is about 10x slower than float32: a run that asks for it there is told so."""
-    monkeypatch.setattr("drone_pose.train.trainer.native_cpu_bfloat16", lambda: False)
+    monkeypatch.setattr("drone_pose.train.preparation.native_cpu_bfloat16", lambda: False)
     with caplog.at_level("WARNING", logger="drone_pose.train.trainer"):
         prepare(config(tiny_data, tmp_path, "bf16", "cpu_bf16=true"))
     assert "no native bfloat16" in caplog.text
@@ -263,8 +264,8 @@ def test_data_mirror_flips_training_samples_of_a_symmetric_drone_only(tiny_data,
     lopsided = dataclasses.replace(drone, keypoints=keypoints)
     mirrored = config(tiny_data, tmp_path, "lopsided", "data.mirror=0.5")
     with pytest.raises(ConfigError, match=r"data\.mirror: m2ed is not mirror-symmetric"):
-        _augment_config(mirrored, lopsided)
-    assert _augment_config(config(tiny_data, tmp_path, "plain"), lopsided).mirror_probability == 0
+        augment_config(mirrored, lopsided)
+    assert augment_config(config(tiny_data, tmp_path, "plain"), lopsided).mirror_probability == 0
 
 
 def test_a_zoom_trained_run_asks_the_estimator_for_the_second_pass_and_resumes_older_states(

@@ -1,0 +1,54 @@
+"""Arguments several `drone-pose` commands share: a checkpoint over a dataset split, the flip test,
+the zoomed second pass."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from drone_pose.nets.zoom import ZoomSettings
+
+
+def add_flip_test_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--flip-test",
+        choices=("checkpoint", "off", "zoom", "all"),  # drone_pose.nets.flip.FLIP_TEST_MODES
+        default="checkpoint",
+        help=f"{what}: checkpoint (its input.flip_test, default), off, zoom (the second pass only) or all",
+    )
+
+
+def split_options(args: argparse.Namespace) -> dict[str, object]:
+    """The options _add_split_arguments declares, as keyword arguments (checkpoint and data aside)."""
+    keys = ("split", "out", "uava_drone", "device", "batch_size", "limit")
+    return {key: getattr(args, key) for key in keys}
+
+
+def add_split_arguments(parser: argparse.ArgumentParser, split: str, split_help: str, out_help: str) -> None:
+    """A checkpoint run over one split of a dataset: the arguments eval and calibrate-covariance share."""
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", required=True, help="dataset folder (drone-pose synth) or UAVA root")
+    parser.add_argument("--split", default=split, help=split_help)
+    parser.add_argument("--uava-drone", help="read --data as a UAVA root for this drone")
+    parser.add_argument("--out", help=out_help)
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, help="only the first N samples")
+
+
+def zoom_option(text: str) -> ZoomSettings | str | None:
+    """--zoom: checkpoint (its input.zoom), off, or TARGET_PX[,MAX_ZOOM]."""
+    from drone_pose.nets.zoom import ZoomSettings
+
+    if text in ("checkpoint", "off"):
+        return None if text == "off" else text
+    try:
+        values = [float(v) for v in text.split(",")]
+        if len(values) > 2:
+            raise ValueError("at most two numbers")
+        return ZoomSettings(*values)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(
+            f"--zoom must be checkpoint, off or TARGET_PX[,MAX_ZOOM], got {text!r} ({error})"
+        ) from None

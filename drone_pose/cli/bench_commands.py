@@ -1,0 +1,94 @@
+"""`drone-pose bench pnp | net | tracker`: benchmarks that print JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _cmd_bench_pnp(args: argparse.Namespace) -> int:
+    import torch
+
+    from drone_pose.bench.pnp import run_benchmark
+
+    report = run_benchmark(
+        batch_sizes=tuple(args.batch_sizes),
+        point_counts=tuple(args.points),
+        problem_set=args.problems,
+        devices=tuple(args.devices) if args.devices else None,
+        dtype=torch.float64 if args.float64 else torch.float32,
+        noise_px=args.noise,
+        repeats=args.repeats,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_bench_net(args: argparse.Namespace) -> int:
+    from drone_pose.bench.nets import run_benchmark
+
+    report = run_benchmark(
+        architectures=tuple(args.architectures),
+        devices=tuple(args.devices) if args.devices else None,
+        width=args.width,
+        height=args.height,
+        throughput_batch=args.batch,
+        repeats=args.repeats,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_bench_tracker(args: argparse.Namespace) -> int:
+    from drone_pose.ros.latency_benchmark import run_latency_benchmark
+
+    report = run_latency_benchmark(
+        args.checkpoint,
+        drone=args.drone,
+        seconds=args.seconds,
+        rate_hz=args.rate,
+        device=args.device,
+        parameters=tuple(args.param or ()),
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_bench(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="benchmarks that print JSON").add_subparsers(
+        dest="target", required=True
+    )
+    pnp = bench.add_parser("pnp", help="PnP methods next to OpenCV loops: times (ms) and accuracy")
+    pnp.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 24, 1024])
+    pnp.add_argument("--points", type=int, nargs="+", default=[9, 20])
+    pnp.add_argument("--problems", choices=["uava_m2ed", "generic"], default="uava_m2ed")
+    pnp.add_argument("--devices", nargs="+", help="default: cpu, plus cuda when available")
+    pnp.add_argument("--float64", action="store_true", help="inputs in float64 (default float32)")
+    pnp.add_argument("--noise", type=float, default=1.0, help="keypoint noise, pixels")
+    pnp.add_argument("--repeats", type=int, default=5)
+    pnp.set_defaults(run=_cmd_bench_pnp)
+    from drone_pose.bench.nets import STUDY_ARCHITECTURES
+
+    net = bench.add_parser("net", help="keypoint networks: parameters, GFLOPs, latency, throughput")
+    net.add_argument("--architectures", nargs="+", default=list(STUDY_ARCHITECTURES))
+    net.add_argument("--devices", nargs="+", help="default: cpu, plus cuda when available")
+    net.add_argument("--width", type=int, default=320)
+    net.add_argument("--height", type=int, default=240)
+    net.add_argument("--batch", type=int, default=8, help="batch size of the throughput figure")
+    net.add_argument("--repeats", type=int, default=10)
+    net.set_defaults(run=_cmd_bench_net)
+    tracker = bench.add_parser(
+        "tracker", help="tracker node over DDS: image publish -> pose receipt latency at a fixed rate"
+    )
+    tracker.add_argument("--checkpoint", help="default: the shipped checkpoint of --drone")
+    tracker.add_argument("--drone", default="m2ed")
+    tracker.add_argument("--seconds", type=float, default=60.0)
+    tracker.add_argument("--rate", type=float, default=15.0, help="input frame rate, Hz")
+    tracker.add_argument("--device", default="cpu", help="the tracker's device (cpu, cuda, auto)")
+    tracker.add_argument("--param", action="append", help="extra tracker parameter name:=value")
+    tracker.set_defaults(run=_cmd_bench_tracker)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the `drone-pose` parser."""
+    _add_bench(commands)

@@ -1,0 +1,171 @@
+"""`drone-pose eval | eval-bag | calibrate-covariance | keypoint-budget | model-card`: scoring,
+calibration and model cards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from drone_pose.cli.arguments import add_flip_test_argument, add_split_arguments, split_options, zoom_option
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from drone_pose.evaluation.split_evaluation import evaluate_checkpoint
+
+    summary = evaluate_checkpoint(
+        args.checkpoint, args.data, zoom=args.zoom, flip_test=args.flip_test, **split_options(args)
+    )
+    print(summary.pop("table"))
+    print(summary.pop("size_table"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    evaluation = commands.add_parser("eval", help="a checkpoint's metric table on a dataset split (+ plots)")
+    add_split_arguments(
+        evaluation,
+        "test",
+        "the split to score",
+        "report folder: results.md/json, samples.csv, plots, overlays",
+    )
+    evaluation.add_argument(
+        "--zoom",
+        type=zoom_option,
+        default="checkpoint",
+        help="zoomed second pass for small drones: checkpoint (as trained, default), off, or "
+        "TARGET_PX[,MAX_ZOOM]",
+    )
+    add_flip_test_argument(evaluation, "network passes averaged with their mirror image")
+    evaluation.set_defaults(run=_cmd_eval)
+
+
+def _cmd_eval_bag(args: argparse.Namespace) -> int:
+    from drone_pose.evaluation.bag_evaluation import evaluate_bag
+
+    summary = evaluate_bag(
+        args.bag,
+        args.checkpoint,
+        args.out,
+        camera=args.camera,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    print(summary.pop("table"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_eval_bag(commands: argparse._SubParsersAction) -> None:
+    bag_eval = commands.add_parser(
+        "eval-bag", help="the estimator over a bag's frames vs its ground truth (offline)"
+    )
+    bag_eval.add_argument(
+        "bag", help="rosbag2 folder with /<camera>/image_raw, camera_info, ground_truth/pose"
+    )
+    bag_eval.add_argument("--checkpoint", help="default: the shipped checkpoint of the bag's drone")
+    bag_eval.add_argument(
+        "--out", required=True, help="report folder (results, frames.csv, plots, estimates/)"
+    )
+    bag_eval.add_argument("--camera", default="camera", help="camera name in the bag's topics")
+    bag_eval.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    bag_eval.add_argument("--batch-size", type=int, default=8)
+    bag_eval.set_defaults(run=_cmd_eval_bag)
+
+
+def _cmd_calibrate_covariance(args: argparse.Namespace) -> int:
+    from drone_pose.evaluation.covariance_calibration import calibrate_checkpoint
+
+    options = split_options(args)
+    summary = calibrate_checkpoint(args.checkpoint, args.data, flip_test=args.flip_test, **options)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_calibrate_covariance(commands: argparse._SubParsersAction) -> None:
+    calibrate = commands.add_parser(
+        "calibrate-covariance",
+        help="fit a checkpoint's pose covariance scales on labelled data and store them in it",
+    )
+    add_split_arguments(
+        calibrate,
+        "val",
+        "a split neither trained nor tested on",
+        "write the calibrated checkpoint here (default: in place)",
+    )
+    add_flip_test_argument(
+        calibrate, "network passes averaged with their mirror image, written into the checkpoint"
+    )
+    calibrate.set_defaults(run=_cmd_calibrate_covariance)
+
+
+def _cmd_keypoint_budget(args: argparse.Namespace) -> int:
+    from drone_pose.evaluation.keypoint_budget import keypoint_budget
+
+    summary = keypoint_budget(args.data, args.split, args.sigmas, args.limit, args.seed, args.out)
+    print(summary.pop("table"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_keypoint_budget(commands: argparse._SubParsersAction) -> None:
+    budget = commands.add_parser(
+        "keypoint-budget",
+        help="metrics of ground-truth keypoints + Gaussian noise: the keypoint accuracy a target needs",
+    )
+    budget.add_argument("--data", required=True, help="dataset folder (drone-pose synth)")
+    budget.add_argument("--split", default="test")
+    budget.add_argument("--sigmas", type=float, nargs="+", help="noise stds, px (default 0 0.1 0.25 0.5 1 2)")
+    budget.add_argument("--limit", type=int, help="only the first N samples")
+    budget.add_argument("--seed", type=int, default=0, help="seed of the noise draw")
+    budget.add_argument("--out", help="also write the rows as JSON to this file")
+    budget.set_defaults(run=_cmd_keypoint_budget)
+
+
+def _cmd_model_card(args: argparse.Namespace) -> int:
+    from drone_pose.evaluation.model_card import card_training_record, training_record, write_model_card
+
+    if (args.run_dir is None) == (args.training_from_card is None):
+        print("drone-pose model-card: give exactly one of --run-dir or --training-from-card", file=sys.stderr)
+        return 2
+    if args.run_dir is not None:
+        training, note, command = training_record(args.run_dir), args.note, args.data_command
+    else:
+        training = card_training_record(args.training_from_card)
+        note = args.note if args.note is not None else training["note"]
+        command = args.data_command or training["command"]
+    if not command:
+        print("drone-pose model-card: --data-command is required", file=sys.stderr)
+        return 2
+    figures = write_model_card(
+        args.checkpoint, training, args.heldout, args.out, command, args.heldout_command, note=note
+    )
+    print(json.dumps(figures["heldout"], indent=2))
+    return 0
+
+
+def _add_model_card(commands: argparse._SubParsersAction) -> None:
+    card = commands.add_parser("model-card", help="ship a checkpoint: copy it and write its model card")
+    card.add_argument("--checkpoint", required=True, help="the run's best.pt")
+    card.add_argument("--run-dir", help="the training run folder (config.yaml, metrics.csv)")
+    card.add_argument(
+        "--training-from-card",
+        help="instead of --run-dir: an earlier model card's .json (re-card a shipped checkpoint; its data "
+        "command and note are kept unless given)",
+    )
+    card.add_argument("--heldout", required=True, help="held-out dataset folder (test split)")
+    card.add_argument("--out", required=True, help="output stem, e.g. models/checkpoints/m2ed_hrnet_lite")
+    card.add_argument("--data-command", help="how the training data was rendered (required with --run-dir)")
+    card.add_argument("--heldout-command", required=True, help="how the held-out set was rendered")
+    card.add_argument("--note", help="free text for the card (e.g. how a multi-stage run was made)")
+    card.set_defaults(run=_cmd_model_card)
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the `drone-pose` parser."""
+    _add_eval(commands)
+    _add_eval_bag(commands)
+    _add_calibrate_covariance(commands)
+    _add_keypoint_budget(commands)
+    _add_model_card(commands)

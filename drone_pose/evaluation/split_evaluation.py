@@ -1,0 +1,158 @@
+"""`drone-pose eval`: a checkpoint through the real inference path (PoseEstimator on uint8 images)
+over a dataset split, scored with the papers' metrics, written as a report with plots and overlays.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from drone_pose.data.dataset import ShardDataset
+from drone_pose.data.uava import UAVADataset
+from drone_pose.drones import DroneModel
+from drone_pose.evaluation.reports import markdown_table, size_table, write_report
+from drone_pose.geometry.camera import keypoints_in_image
+from drone_pose.geometry.metrics import pose_errors, summarize_by_size, summarize_errors, validity_metrics
+from drone_pose.geometry.pose_covariance import covariance_consistency, pose_error_vectors
+from drone_pose.inference.estimator import PoseEstimate, PoseEstimator
+from drone_pose.inference.overlay import draw_pose_overlay
+from drone_pose.nets.zoom import ZoomSettings
+
+
+def open_dataset(data: str | Path, split: str, drone: str | None = None, limit: int | None = None) -> Dataset:
+    """A synthetic dataset folder, or a UAVA root when `drone` is given; with `limit`, its first
+    `limit` samples only."""
+    dataset = (
+        UAVADataset(data, drone, split, require_all_inside=True)
+        if drone is not None
+        else ShardDataset(data, split)
+    )
+    return dataset if limit is None else Subset(dataset, range(min(limit, len(dataset))))
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    uava_drone: str | None = None,
+    device: str | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    overlays: int = 6,
+    zoom: ZoomSettings | Literal["checkpoint"] | None = "checkpoint",
+    flip_test: str = "checkpoint",
+) -> dict[str, Any]:
+    """Metrics of a checkpoint on a split; with `out`, also the report files. Returns a summary.
+    zoom, flip_test: the estimator's second pass and flip test (see PoseEstimator.from_checkpoint)."""
+    estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, zoom=zoom, flip_test=flip_test)
+    dataset = open_dataset(data, split, uava_drone, limit)
+    drone = _drone_of(estimator)
+    x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
+    R, t, R_gt, t_gt, K_all, kp_err, kept_images, covariances = [], [], [], [], [], [], [], []
+    valid_flags = []
+    zoomed = 0
+    started = time.perf_counter()
+    for batch, images, K, result in estimate_batches(estimator, dataset, batch_size):
+        valid_flags.append(result.valid)
+        zoomed += int(result.zoomed.sum())
+        R.append(result.R)
+        t.append(result.t)
+        covariances.append(result.covariance)
+        R_gt.append(batch["R"].double())
+        t_gt.append(batch["t"].double())
+        K_all.append(K)
+        error = (result.keypoints - batch["keypoints"].double()).norm(dim=-1)
+        width, height = images.shape[2], images.shape[1]
+        inside = keypoints_in_image(batch["keypoints"], width, height)
+        kp_err.append(torch.where(inside, error, torch.full_like(error, float("nan"))))
+        if len(kept_images) < overlays:
+            for i in range(min(overlays - len(kept_images), len(images))):
+                kept_images.append(
+                    (
+                        images[i],
+                        result.keypoints[i],
+                        batch["keypoints"][i].double(),
+                        result.R[i],
+                        result.t[i],
+                        K[i],
+                    )
+                )
+    elapsed = time.perf_counter() - started
+    R, t, R_gt, t_gt, K_all = map(torch.cat, (R, t, R_gt, t_gt, K_all))
+    errors = pose_errors(R, t, R_gt, t_gt, x3d, K_all)
+    metrics = summarize_errors(errors, drone.diagonal)
+    valid = torch.cat(valid_flags)
+    metrics.update(validity_metrics(valid, errors.accuracy(5.0)))
+    metrics["zoomed_fraction"] = zoomed / max(len(R), 1)
+    metrics.update(covariance_consistency(pose_error_vectors(R, t, R_gt, t_gt), torch.cat(covariances)))
+    keypoint_errors = torch.cat(kp_err)  # [N,K] px, NaN outside the image
+    metrics["keypoint_px"] = keypoint_errors.nanmean().item()
+    metrics["keypoint_px_median"] = keypoint_errors.nanmedian().item()  # the mean is ruled by gross errors
+    size_px = K_all[:, 0, 0] * drone.diagonal / t_gt[:, 2]  # apparent model diagonal
+    by_size = summarize_by_size(errors, size_px, drone.diagonal, keypoint_errors_px=keypoint_errors)
+    label = f"{Path(checkpoint).name} on {Path(data).name}/{split}"
+    summary: dict[str, Any] = {
+        "label": label,
+        "metrics": metrics,
+        "samples": len(R),
+        "zoom": None if estimator.zoom is None else estimator.zoom.to_dict(),
+        "flip_test": estimator.flip_test,
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(len(R) / max(elapsed, 1e-9), 1),
+        "table": markdown_table([(label, metrics)]),
+        "by_size": by_size,
+        "size_table": size_table(by_size),
+    }
+    if out is not None:
+        samples = {
+            "distance_m": t_gt.norm(dim=-1).numpy(),
+            "size_px": size_px.numpy(),
+            "rotation_deg": np.degrees(errors.rotation_rad.numpy()),
+            "translation_cm": 100.0 * errors.translation_m.numpy(),
+            "add_m": errors.add_m.numpy(),
+            "proj_px": errors.proj_px.numpy(),
+            "valid": valid.int().numpy(),
+        }
+        summary["files"] = write_report(
+            out, label, metrics, samples, keypoint_errors.numpy(), drone.keypoint_names, by_size
+        )
+        for i, item in enumerate(kept_images):
+            path = Path(out) / f"overlay_{i:02d}.png"
+            image, keypoints, truth, R, t, K = item
+            overlay = draw_pose_overlay(
+                image, drone, R.numpy(), t.numpy(), K.numpy(), keypoints.numpy(), truth=truth.numpy(), scale=2
+            )
+            cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            summary["files"][f"overlay_{i:02d}"] = str(path)
+    return summary
+
+
+def estimate_batches(
+    estimator: PoseEstimator, dataset: Dataset, batch_size: int
+) -> Iterator[tuple[dict[str, Tensor], np.ndarray, Tensor, PoseEstimate]]:
+    """(batch, uint8 images [B,H,W,3], K [B,3,3] float64, estimate) over a dataset, in order: the
+    dataset's [0, 1] float images are quantised to what a camera driver delivers."""
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+        images = (batch["image"].permute(0, 2, 3, 1) * 255.0).round().to(torch.uint8).numpy()
+        K = batch["K"].double()
+        yield batch, images, K, estimator.estimate(images, K)
+
+
+def _drone_of(estimator: PoseEstimator) -> DroneModel:
+    """The drone model described by the checkpoint (its name, or a model from its own keypoints)."""
+    from drone_pose.drones import load_drone
+
+    description = estimator.description.get("drone", {})
+    drone = load_drone(description.get("name", ""))
+    if not np.allclose(drone.keypoints, np.asarray(description.get("keypoints", drone.keypoints))):
+        raise ValueError(f"checkpoint keypoints differ from the built-in {drone.name} model")
+    return drone

@@ -1,0 +1,154 @@
+"""What a run leaves in its folder: the resumable training state (last.pt), the self-describing
+checkpoints (best.pt, swa.pt), metrics.csv and TensorBoard logs; checkpoint selection."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from drone_pose.geometry.pose_covariance import CovarianceScales
+from drone_pose.inference.checkpoint import (
+    make_checkpoint,
+    save_checkpoint,
+)
+from drone_pose.train.config import TrainConfig, config_to_dict
+from drone_pose.train.preparation import TrainingRun, zoom_settings
+
+log = logging.getLogger(__name__)
+
+
+STATE_FORMAT = "drone_pose.training_state"
+
+
+def selection_score(metrics: dict[str, float], metric: str) -> list[float]:
+    """Checkpoint selection key, larger is better: the metric (keypoint_px negated), then the
+    keypoint error as tie-breaker (percentages plateau on small validation sets)."""
+    keypoint = metrics.get("keypoint_px", math.inf)
+    keypoint = -keypoint if math.isfinite(keypoint) else -math.inf
+    primary = keypoint if metric == "keypoint_px" else metrics.get(metric, -math.inf)
+    return [float(primary), float(keypoint)]
+
+
+def metric_value(score: list[float], metric: str) -> float:
+    return -score[0] if metric == "keypoint_px" else score[0]
+
+
+def save_state(run: TrainingRun, epoch: int, path: Path) -> None:
+    state = {
+        "format": STATE_FORMAT,
+        "epoch": epoch,
+        "config": config_to_dict(run.config),
+        "model": run.predictor.network.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        **({} if run.averaged is None else {"swa": run.averaged.state_dict()}),
+        "best": run.best,
+        "history": run.history,
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    partial.replace(path)
+
+
+# Settings a resumed run may change: the schedule's length and how the steps execute.
+RESUMABLE_CHANGES = ("epochs", "amp", "cpu_bf16", "channels_last")
+
+
+def load_state(run: TrainingRun, path: Path) -> None:
+    state = torch.load(path, map_location=run.device, weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: not a drone_pose training state")
+    saved, current = dict(state["config"]), config_to_dict(run.config)
+    for key in RESUMABLE_CHANGES:
+        saved.pop(key, None)
+        current.pop(key, None)
+    defaults = config_to_dict(TrainConfig())
+    for key in set(current) - set(saved):  # sections added since the state was saved, at their defaults
+        if current[key] == defaults.get(key):
+            saved[key] = current[key]
+    if saved != current:
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        raise ValueError(
+            f"{path}: cannot resume with a different configuration (changed: {', '.join(changed)})"
+        )
+    run.predictor.network.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.averaged is not None and "swa" in state:
+        run.averaged.load_state_dict(state["swa"])
+    run.best = [float(v) for v in state["best"]]
+    run.history = list(state["history"])
+    run.start_epoch = int(state["epoch"]) + 1
+
+
+def save_best(run: TrainingRun, row: dict[str, Any]) -> None:
+    save_run_checkpoint(run, run.predictor.network, row, run.config.run_dir() / "best.pt")
+
+
+def save_run_checkpoint(
+    run: TrainingRun, network: nn.Module, row: dict[str, Any], path: Path, swa: dict[str, int] | None = None
+) -> None:
+    """`network` as a drone_pose checkpoint at `path`, with the validation figures of `row` (an
+    epoch's metrics.csv row) and, for an SWA average, the epochs it averages."""
+    config = run.config
+    training = {
+        "experiment": config.name,
+        "epoch": row["epoch"],
+        "data": config.data.path or config.data.uava_root,
+        "loss": config_to_dict(config)["loss"],
+        "device": str(run.device),
+        "world_size": run.world,
+        "timings_ms": {k: row[k] for k in ("forward_ms", "backward_ms", "optimiser_step_ms")},
+        **({} if swa is None else {"swa": swa}),
+    }
+    metrics = {
+        k: v
+        for k, v in row.items()
+        if k in ("NPE", "AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5", "count", "keypoint_px")
+    }
+    checkpoint = make_checkpoint(
+        network,
+        config.network,
+        run.drone,
+        run.image_size,
+        heatmap_sigma=config.loss.sigma,
+        training=training,
+        metrics=metrics,
+        zoom=None if (settings := zoom_settings(config)) is None else settings.to_dict(),
+        flip_test=config.flip_test,
+        covariance_scales=CovarianceScales(
+            row["covariance_translation_scale"],
+            row["covariance_rotation_scale"],
+            int(row["covariance_fit_samples"]),
+        ),
+    )
+    save_checkpoint(checkpoint, path)
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """All epochs so far, columns the union of every row's (phases add loss terms)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
+
+
+def open_tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a declared dependency; tolerate a trimmed install
+        log.warning("tensorboard is not installed: no TensorBoard logs")
+        return None
+    with contextlib.suppress(Exception):
+        return SummaryWriter(str(run_dir / "tensorboard"))
+    return None
