@@ -70,7 +70,7 @@ def score_estimates(
     image_sizes [S,2] (width, height) px: keypoints outside their image are not scored.
     """
     R, t, R_gt, t_gt, K = (x.double() for x in (R, t, R_gt, t_gt, K))
-    x3d = torch.as_tensor(drone.keypoints, dtype=torch.float64)
+    x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
     errors = pose_errors(R, t, R_gt, t_gt, x3d, K)
     metrics = summarize_errors(errors, drone.diagonal)
     valid = valid.bool()

@@ -1,5 +1,6 @@
 """`drone-pose eval`: a checkpoint through the real inference path (PoseEstimator on uint8 images)
-over a dataset split, scored with the papers' metrics, written as a report with plots and overlays.
+over a dataset split, scored as `drone-pose eval-bag` scores a bag (drone_pose.evaluation.scoring),
+written as a report with plots and overlays.
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.uava import UAVADataset
 from drone_pose.drones import DroneModel
 from drone_pose.evaluation.reports import markdown_table, size_table, write_report
-from drone_pose.geometry.camera import keypoints_in_image
-from drone_pose.geometry.metrics import pose_errors, summarize_by_size, summarize_errors, validity_metrics
-from drone_pose.geometry.pose_covariance import covariance_consistency, pose_error_vectors
+from drone_pose.evaluation.scoring import score_estimates
 from drone_pose.inference.estimator import PoseEstimate, PoseEstimator
 from drone_pose.inference.overlay import draw_pose_overlay
 from drone_pose.nets.zoom import ZoomSettings
@@ -56,80 +55,83 @@ def evaluate_checkpoint(
     estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, zoom=zoom, flip_test=flip_test)
     dataset = open_dataset(data, split, uava_drone, limit)
     drone = _drone_of(estimator)
-    x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
-    R, t, R_gt, t_gt, K_all, kp_err, kept_images, covariances = [], [], [], [], [], [], [], []
-    valid_flags = []
-    zoomed = 0
+    truth: dict[str, list[Tensor]] = {key: [] for key in ("R", "t", "K", "keypoints", "image_sizes")}
+    estimates: list[PoseEstimate] = []
+    kept_images = []
     started = time.perf_counter()
     for batch, images, K, result in estimate_batches(estimator, dataset, batch_size):
-        valid_flags.append(result.valid)
-        zoomed += int(result.zoomed.sum())
-        R.append(result.R)
-        t.append(result.t)
-        covariances.append(result.covariance)
-        R_gt.append(batch["R"].double())
-        t_gt.append(batch["t"].double())
-        K_all.append(K)
-        error = (result.keypoints - batch["keypoints"].double()).norm(dim=-1)
-        width, height = images.shape[2], images.shape[1]
-        inside = keypoints_in_image(batch["keypoints"], width, height)
-        kp_err.append(torch.where(inside, error, torch.full_like(error, float("nan"))))
-        if len(kept_images) < overlays:
-            for i in range(min(overlays - len(kept_images), len(images))):
-                kept_images.append(
-                    (
-                        images[i],
-                        result.keypoints[i],
-                        batch["keypoints"][i].double(),
-                        result.R[i],
-                        result.t[i],
-                        K[i],
-                    )
+        estimates.append(result)
+        truth["R"].append(batch["R"].double())
+        truth["t"].append(batch["t"].double())
+        truth["K"].append(K)
+        truth["keypoints"].append(batch["keypoints"].double())
+        truth["image_sizes"].append(torch.tensor([[images.shape[2], images.shape[1]]]).expand(len(images), 2))
+        for i in range(min(overlays - len(kept_images), len(images))):
+            kept_images.append(
+                (
+                    images[i],
+                    result.keypoints[i],
+                    batch["keypoints"][i].double(),
+                    result.R[i],
+                    result.t[i],
+                    K[i],
                 )
+            )
     elapsed = time.perf_counter() - started
-    R, t, R_gt, t_gt, K_all = map(torch.cat, (R, t, R_gt, t_gt, K_all))
-    errors = pose_errors(R, t, R_gt, t_gt, x3d, K_all)
-    metrics = summarize_errors(errors, drone.diagonal)
-    valid = torch.cat(valid_flags)
-    metrics.update(validity_metrics(valid, errors.accuracy(5.0)))
-    metrics["zoomed_fraction"] = zoomed / max(len(R), 1)
-    metrics.update(covariance_consistency(pose_error_vectors(R, t, R_gt, t_gt), torch.cat(covariances)))
-    keypoint_errors = torch.cat(kp_err)  # [N,K] px, NaN outside the image
-    metrics["keypoint_px"] = keypoint_errors.nanmean().item()
-    metrics["keypoint_px_median"] = keypoint_errors.nanmedian().item()  # the mean is ruled by gross errors
-    size_px = K_all[:, 0, 0] * drone.diagonal / t_gt[:, 2]  # apparent model diagonal
-    by_size = summarize_by_size(errors, size_px, drone.diagonal, keypoint_errors_px=keypoint_errors)
+    estimate = PoseEstimate.concatenate(estimates)
+    R_gt, t_gt, K_all, keypoints_gt, image_sizes = (torch.cat(truth[key]) for key in truth)
+    scores = score_estimates(
+        drone,
+        estimate.R,
+        estimate.t,
+        estimate.covariance,
+        estimate.valid,
+        estimate.keypoints,
+        estimate.zoomed,
+        R_gt,
+        t_gt,
+        K_all,
+        keypoints_gt,
+        image_sizes,
+    )
+    metrics = scores.metrics
     label = f"{Path(checkpoint).name} on {Path(data).name}/{split}"
+    samples = len(R_gt)
     summary: dict[str, Any] = {
         "label": label,
         "metrics": metrics,
-        "samples": len(R),
+        "metrics_valid_frames": scores.metrics_valid,
+        "samples": samples,
         "zoom": None if estimator.zoom is None else estimator.zoom.to_dict(),
         "flip_test": estimator.flip_test,
         "seconds": round(elapsed, 2),
-        "images_per_s": round(len(R) / max(elapsed, 1e-9), 1),
+        "images_per_s": round(samples / max(elapsed, 1e-9), 1),
         "table": markdown_table([(label, metrics)]),
-        "by_size": by_size,
-        "size_table": size_table(by_size),
+        "by_size": scores.by_size,
+        "size_table": size_table(scores.by_size),
     }
     if out is not None:
-        samples = {
-            "distance_m": t_gt.norm(dim=-1).numpy(),
-            "size_px": size_px.numpy(),
-            "rotation_deg": np.degrees(errors.rotation_rad.numpy()),
-            "translation_cm": 100.0 * errors.translation_m.numpy(),
-            "add_m": errors.add_m.numpy(),
-            "proj_px": errors.proj_px.numpy(),
-            "valid": valid.int().numpy(),
-        }
         summary["files"] = write_report(
-            out, label, metrics, samples, keypoint_errors.numpy(), drone.keypoint_names, by_size
+            out,
+            label,
+            metrics,
+            scores.samples,
+            scores.keypoint_errors_px.numpy(),
+            drone.keypoint_names,
+            scores.by_size,
         )
         for i, item in enumerate(kept_images):
             path = Path(out) / f"overlay_{i:02d}.png"
-            image, keypoints, truth, R, t, K = item
+            image, keypoints, truth_keypoints, R, t, K = item
             overlay = draw_pose_overlay(
-                image, drone, R.numpy(), t.numpy(), K.numpy(), keypoints.numpy(), truth=truth.numpy(), scale=2
+                image,
+                drone,
+                R.numpy(),
+                t.numpy(),
+                K.numpy(),
+                keypoints.numpy(),
+                truth=truth_keypoints.numpy(),
+                scale=2,
             )
             cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
             summary["files"][f"overlay_{i:02d}"] = str(path)

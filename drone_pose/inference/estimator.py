@@ -115,6 +115,18 @@ class PoseEstimate:
     timings_ms: dict[str, float] = field(default_factory=dict)
     zoomed: Tensor | None = None
 
+    @staticmethod
+    def concatenate(estimates: list[PoseEstimate]) -> PoseEstimate:
+        """One PoseEstimate of the images of several, in order (timings are per call: dropped)."""
+        tensors = {
+            key: torch.cat([getattr(e, key) for e in estimates])
+            for key in ("keypoints", "confidences", "R", "t", "covariance", "reprojection_rms", "valid")
+        }
+        zoomed = torch.cat(
+            [torch.zeros(len(e.valid), dtype=torch.bool) if e.zoomed is None else e.zoomed for e in estimates]
+        )
+        return PoseEstimate(reasons=[r for e in estimates for r in e.reasons], zoomed=zoomed, **tensors)
+
 
 class PoseEstimator:
     """Keypoint network + PnP for one drone model.

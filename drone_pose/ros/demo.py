@@ -35,9 +35,10 @@ from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
+from drone_pose.bags.frames import read_frames
 from drone_pose.bags.messages import TYPESTORE
 from drone_pose.drones import load_drone
-from drone_pose.evaluation.bag_evaluation import evaluate_bag, read_frames
+from drone_pose.evaluation.bag_evaluation import evaluate_bag
 from drone_pose.evaluation.reports import markdown_table
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
 from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix

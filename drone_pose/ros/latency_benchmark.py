@@ -32,7 +32,7 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
-from drone_pose.evaluation.bag_evaluation import read_frames
+from drone_pose.bags.frames import read_frames
 from drone_pose.ros.image_conversions import numpy_to_image
 from drone_pose.ros.launch_plan import fastdds_profile
 from drone_pose.ros.launcher import stop_process

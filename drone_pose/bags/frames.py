@@ -1,0 +1,93 @@
+"""A rosbag2 file's camera frames, read without ROS (`rosbags`): images paired by stamp with their
+CameraInfo and ground-truth pose, as `drone-pose synth-bag` writes them.
+
+Topics of camera NAME: /NAME/image_raw (rgb8, bgr8, mono8), /NAME/camera_info and
+/NAME/ground_truth/pose (PoseStamped in the camera optical frame, camera <- drone).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rosbags.rosbag2 import Reader
+
+from drone_pose.bags import messages
+from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
+
+
+def image_array(msg: Any) -> np.ndarray:
+    """[H,W,3] uint8 RGB of a rosbags sensor_msgs/Image (rgb8, bgr8, mono8); ValueError otherwise."""
+    channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
+    if channels is None:
+        raise ValueError(f"unsupported encoding {msg.encoding!r}")
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if height <= 0 or width <= 0 or step < width * channels or data.size < step * height:
+        raise ValueError(f"malformed {width}x{height} image (step {step}, {data.size} bytes)")
+    pixels = (
+        data[: step * height].reshape(height, step)[:, : width * channels].reshape(height, width, channels)
+    )
+    if msg.encoding == "bgr8":
+        return pixels[..., ::-1]
+    return np.repeat(pixels, 3, axis=2) if channels == 1 else pixels
+
+
+def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Frames of one camera, in stamp order, and counts of skipped messages.
+
+    Each frame: stamp (ns), frame_id, rgb [H,W,3] uint8, K [3,3], R [3,3] and t [3] metres (the true
+    pose, camera optical <- drone). Frames without CameraInfo or ground truth are skipped and counted.
+    """
+    images, infos, truths = {}, {}, {}
+    skipped = {"undecodable": 0, "no_camera_info": 0, "no_ground_truth": 0}
+    topics = {
+        f"/{camera}/image_raw": images,
+        f"/{camera}/camera_info": infos,
+        f"/{camera}/ground_truth/pose": truths,
+    }
+    with Reader(bag) as reader:
+        connections = [c for c in reader.connections if c.topic in topics]
+        if not any(c.topic == f"/{camera}/image_raw" for c in connections):
+            raise ValueError(f"{bag}: no /{camera}/image_raw topic")
+        for connection, _, raw in reader.messages(connections=connections):
+            try:
+                message = messages.deserialize(raw, connection.msgtype)
+            except Exception:  # rosbags raises several types for corrupt CDR
+                skipped["undecodable"] += 1
+                continue
+            topics[connection.topic][messages.stamp_ns(message.header)] = message
+    frames = []
+    for stamp in sorted(images):
+        if stamp not in infos:
+            skipped["no_camera_info"] += 1
+            continue
+        if stamp not in truths:
+            skipped["no_ground_truth"] += 1
+            continue
+        try:
+            rgb = image_array(images[stamp])
+        except ValueError:
+            skipped["undecodable"] += 1
+            continue
+        pose = truths[stamp].pose
+        q = torch.tensor([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w])
+        frames.append(
+            {
+                "stamp": stamp,
+                "frame_id": images[stamp].header.frame_id,
+                "rgb": rgb,
+                "K": np.asarray(infos[stamp].k, dtype=np.float64).reshape(3, 3),
+                "R": quaternion_xyzw_to_matrix(q.double()).numpy(),
+                "t": np.array([pose.position.x, pose.position.y, pose.position.z]),
+            }
+        )
+    return frames, skipped
+
+
+def bag_drone(bag: str | Path) -> str | None:
+    """The drone a `drone-pose synth-bag` bag shows (its custom metadata), None for other bags."""
+    with Reader(bag) as reader:
+        return (reader.metadata.custom or {}).get("drone_pose.drone")
