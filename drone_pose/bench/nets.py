@@ -139,7 +139,8 @@ def _estimator_ms(
     second_pass: with the zoomed second pass forced on (every keypoint counts, 3x enlargement);
     flip_test: the estimator's (drone_pose.nets.flip)."""
     from drone_pose.drones import load_drone
-    from drone_pose.inference.estimator import EstimatorThresholds, PoseEstimator
+    from drone_pose.inference.estimator import PoseEstimator
+    from drone_pose.inference.thresholds import EstimatorThresholds
     from drone_pose.nets.zoom import ZoomSettings
 
     drone = load_drone("m2ed")

@@ -23,7 +23,7 @@ from drone_pose.data.dataset import ShardDataset
 from drone_pose.drones import load_drone
 from drone_pose.evaluation.reports import METRIC_COLUMNS, format_metric
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
-from drone_pose.inference.estimator import EstimatorThresholds
+from drone_pose.inference.thresholds import EstimatorThresholds
 from drone_pose.pnp import solve_pnp
 
 DEFAULT_SIGMAS_PX = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)

@@ -31,6 +31,7 @@ from drone_pose.inference.checkpoint import (
     load_checkpoint,
     network_from_checkpoint,
 )
+from drone_pose.inference.thresholds import EstimatorThresholds
 from drone_pose.nets.flip import flip_averaged, mirror_permutation, validate_flip_test
 from drone_pose.nets.heatmap_codec import decode_heatmaps
 from drone_pose.nets.predictor import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
@@ -38,32 +39,12 @@ from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
 from drone_pose.pnp import PnPResult, PnPStatus, solve_pnp
 
 
-@dataclass(frozen=True)
-class EstimatorThresholds:
-    """Validity thresholds: keypoint confidence (heatmap peak), keypoints needed, reprojection RMS (px),
-    position standard deviation (m, see position_std); and how PnP weighs keypoints: Huber threshold
-    (px) and the confidence power (see keypoint_weights).
-
-    max_position_std_m rejects poses the (calibrated) covariance itself calls uncertain: on the
-    1000 held-out Tello images 0.1 m keeps 99.0 % of the ACC5-correct poses (shipped network before
-    its flip test: valid 98.0 -> 75.9 %, ACC5 among valid 63.2 -> 80.8 %; with it 78.6 % valid,
-    81.9 % correct); drones farther than the synthetic sets' 1-6 m may need more.
-    """
-
-    min_keypoint_confidence: float = 0.1
-    min_keypoints: int = 6
-    max_reprojection_rms_px: float = 8.0
-    max_position_std_m: float = 0.1
-    huber_px: float | None = 4.0
-    keypoint_confidence_power: float = 4.0
-
-
 def keypoint_weights(confidences: Tensor, min_confidence: float, power: float) -> Tensor:
     """PnP residual weights [B,K] from heatmap confidences [B,K]: 0 below `min_confidence`, else
     (confidence / the image's highest confidence) ** power, floored at 0.1 ** power.
 
-    A lower heatmap peak marks a less certain keypoint (on held-out Tello images the median error is
-    0.21 px above a peak of 0.9 and 0.45 px between 0.7 and 0.9), so it counts less in the pose.
+    A lower heatmap peak marks a less certain keypoint, so it counts less in the pose (figures in
+    docs/experiments.md, confidence-weighted PnP).
     Relative to the image's best keypoint, so weights stay in (0, 1] and the Huber threshold keeps
     its meaning in pixels for that keypoint. power 0 gives every confident keypoint weight 1.
     """

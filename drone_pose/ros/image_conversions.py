@@ -80,3 +80,18 @@ def numpy_to_image(pixels: np.ndarray, encoding: str, stamp: Time, frame_id: str
     msg.step = int(array.shape[1] * channels * dtype.itemsize)
     msg.data = array.reshape(-1).view(np.uint8)
     return msg
+
+
+def rgb_of(msg: Image) -> np.ndarray:
+    """[H,W,3] uint8 RGB of an rgb8, bgr8, rgba8, bgra8 or mono8 image; ImageConversionError otherwise."""
+    pixels = image_to_numpy(msg)
+    if pixels.dtype != np.uint8:
+        raise ImageConversionError(f"encoding {msg.encoding} is not 8-bit; the tracker needs rgb8/bgr8/mono8")
+    if msg.encoding in ("rgb8", "8UC3"):
+        return pixels
+    if msg.encoding == "bgr8":
+        return pixels[..., ::-1]
+    if msg.encoding in ("rgba8", "bgra8"):
+        rgb = pixels[..., :3]
+        return rgb if msg.encoding == "rgba8" else rgb[..., ::-1]
+    return np.repeat(pixels, 3, axis=2)  # mono8 / 8UC1

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drone_pose.resources import config_dir
+from drone_pose.ros.tracker_parameters import TRACKER_NODE_NAME, parameter_default
 
 TRACKER_EXECUTABLE = "tracker_node"
 TRACKER_MODULE = "drone_pose.ros.tracker_node"
-NODE_NAME = "drone_pose_tracker"
 
 
 class LaunchArgumentError(ValueError):
@@ -69,10 +69,10 @@ TRACKER_ARGUMENTS: dict[str, str] = {
     "namespace": "",
     "image": "image",
     "camera_info": "camera_info",
-    "checkpoint": "",
-    "device": "auto",
-    "drone_frame": "drone",
-    "image_transport": "raw",
+    "checkpoint": str(parameter_default("checkpoint")),
+    "device": str(parameter_default("device")),
+    "drone_frame": str(parameter_default("drone_frame")),
+    "image_transport": str(parameter_default("image_transport")),
     "params_file": "",
     "rviz": "false",
     "use_sim_time": "false",
@@ -80,8 +80,8 @@ TRACKER_ARGUMENTS: dict[str, str] = {
 MULTI_CAMERA_ARGUMENTS: dict[str, str] = {
     "cameras": "camera0,camera1",
     "image_suffix": "image_raw",
-    "checkpoint": "",
-    "device": "auto",
+    "checkpoint": str(parameter_default("checkpoint")),
+    "device": str(parameter_default("device")),
     "params_file": "",
     "rviz": "false",
     "use_sim_time": "false",
@@ -122,13 +122,13 @@ def tracker_node(
     }
     if arguments.get("checkpoint"):
         parameters["checkpoint"] = arguments["checkpoint"]
-    if arguments.get("image_transport", "raw") != "raw":
+    if arguments.get("image_transport", parameter_default("image_transport")) != "raw":
         parameters["image_transport"] = arguments["image_transport"]
     remappings = [("image", image), ("camera_info", camera_info)]
     if arguments.get("image_transport") == "compressed":
         remappings[0] = ("image/compressed", f"{image}/compressed")
     return NodeLaunch(
-        name=NODE_NAME,
+        name=TRACKER_NODE_NAME,
         executable=TRACKER_EXECUTABLE,
         module=TRACKER_MODULE,
         namespace=namespace,

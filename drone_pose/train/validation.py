@@ -10,7 +10,8 @@ from drone_pose.drones import DroneModel
 from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.geometry.metrics import evaluate_poses
 from drone_pose.geometry.pose_covariance import fit_covariance_scales, pose_error_vectors
-from drone_pose.inference.estimator import EstimatorThresholds, keypoint_pnp
+from drone_pose.inference.estimator import keypoint_pnp
+from drone_pose.inference.thresholds import EstimatorThresholds
 from drone_pose.nets.flip import flip_averaged, validate_flip_test
 from drone_pose.nets.heatmap_codec import (
     decode_heatmaps,

@@ -16,7 +16,8 @@ from drone_pose.geometry.camera import PinholeCamera, project_points
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.geometry.rotations import axis_angle_to_matrix
 from drone_pose.inference.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
-from drone_pose.inference.estimator import EstimatorThresholds, PoseEstimator, keypoint_weights, position_std
+from drone_pose.inference.estimator import PoseEstimator, keypoint_weights, position_std
+from drone_pose.inference.thresholds import EstimatorThresholds
 from drone_pose.nets import build_network, image_to_heatmap
 from drone_pose.nets.zoom import ZoomSettings
 
