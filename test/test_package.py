@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
@@ -90,6 +91,60 @@ def test_the_algorithm_never_imports_rclpy():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
+
+
+# The layers, lowest first: a module may import its own package and lower layers only.
+LAYERS: dict[str, int] = {
+    "resources": 0,
+    "geometry": 1,
+    "drones": 1,
+    "data": 2,
+    "nets": 2,
+    "pnp": 2,
+    "inference": 3,
+    "bags": 3,
+    "evaluation": 4,
+    "train": 5,
+    "bench": 6,
+    "ros": 7,
+    "cli": 8,
+}
+
+
+def imported_layers(path: Path) -> set[str]:
+    """The drone_pose subpackages (or top-level modules) a source file imports, anywhere in it."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "drone_pose" and len(parts) > 1 and parts[1] in LAYERS:
+                found.add(parts[1])
+    return found
+
+
+def test_layers_import_only_lower_layers():
+    package = REPO_ROOT / "drone_pose"
+    layers = {path.name.removesuffix(".py") for path in package.iterdir() if path.name != "__init__.py"}
+    assert layers - {"__pycache__"} == set(LAYERS), "every folder under drone_pose/ is a named layer"
+    violations = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if len(relative.parts) == 1 and relative.name == "__init__.py":
+            continue
+        own = relative.parts[0].removesuffix(".py")
+        for layer in imported_layers(path):
+            if layer != own and LAYERS[layer] >= LAYERS[own]:
+                violations.append(f"{relative} imports drone_pose.{layer}")
+    assert not violations, violations
+    # the issue's rule in so many words: the algorithm's lower floors never reach up
+    for low in ("geometry", "drones", "data", "nets", "pnp"):
+        for path in (package / low).rglob("*.py"):
+            assert not imported_layers(path) & {"train", "inference", "evaluation", "ros", "bench"}, path
 
 
 def test_cli_lists_the_drone_models():

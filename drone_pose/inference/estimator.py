@@ -65,11 +65,52 @@ def keypoint_pnp(
     return solve_pnp(keypoints, keypoints_3d, K, weights=weights, huber=thresholds.huber_px)
 
 
+def reprojection_rms(
+    keypoints_3d: Tensor, result: PnPResult, K: Tensor, keypoints: Tensor, confident: Tensor
+) -> Tensor:
+    """RMS distance [B] px between the confident keypoints [B,K,2] and the model keypoints [K,3]
+    projected at the solved pose."""
+    reprojected, _ = project_points(keypoints_3d, result.R, result.t, K)
+    squared = ((reprojected - keypoints) ** 2).sum(-1)
+    return torch.sqrt((squared * confident).sum(-1) / confident.sum(-1).clamp_min(1))
+
+
+def pose_verdicts(
+    confident: Tensor, result: PnPResult, rms: Tensor, spread: Tensor, thresholds: EstimatorThresholds
+) -> list[str]:
+    """Per image "" for a valid pose, else the first rule it breaks: low_confidence (fewer than
+    min_keypoints confident keypoints [B,K]), solver_<status> (PnP did not converge),
+    high_reprojection_error (rms [B] px), uncertain_pose (position std `spread` [B] m)."""
+    reasons = []
+    for b in range(len(confident)):
+        if int(confident[b].sum()) < thresholds.min_keypoints:
+            reasons.append("low_confidence")
+        elif not bool(result.converged[b]):
+            reasons.append(f"solver_{PnPStatus(int(result.status[b])).name.lower()}")
+        elif not float(rms[b]) <= thresholds.max_reprojection_rms_px:
+            reasons.append("high_reprojection_error")
+        elif not float(spread[b]) <= thresholds.max_position_std_m:
+            reasons.append("uncertain_pose")
+        else:
+            reasons.append("")
+    return reasons
+
+
 def position_std(covariance: Tensor) -> Tensor:
     """Position standard deviation [B] metres, sqrt(trace) of the translation block of pose
     covariances [B,6,6]: the RMS distance between estimated and true drone origin the covariance
     predicts; NaN where the covariance is not finite."""
     return covariance[:, :3, :3].diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0.0).sqrt()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Preprocessed images: original [B,3,H,W] and network-input pixels [B,3,h,w] in [0, 1] on the
+    estimator's device, intrinsics K [B,3,3] float64 on the CPU."""
+
+    original: Tensor
+    pixels: Tensor
+    K: Tensor
 
 
 @dataclass(frozen=True)
@@ -202,9 +243,41 @@ class PoseEstimator:
 
     @torch.inference_mode()
     def estimate(self, images: np.ndarray | Tensor, K: np.ndarray | Tensor) -> PoseEstimate:
-        """Poses for uint8 RGB images [B,H,W,3] (or one [H,W,3]) with intrinsics K [3,3] or [B,3,3]."""
+        """Poses for uint8 RGB images [B,H,W,3] (or one [H,W,3]) with intrinsics K [3,3] or [B,3,3].
+
+        Four stages, each timed in timings_ms: preprocess (images to the network input), keypoints
+        (network, decoding, the zoomed second pass), pnp (confidence-weighted PnP and the
+        reprojection RMS) and the verdicts (the validity rules of `thresholds`).
+        """
         timings: dict[str, float] = {}
         start = self._clock()
+        batch = self._preprocess(images, K)
+        timings["preprocess"] = self._clock() - start
+        keypoints, confidences, zoomed = self._keypoints(batch, timings)
+        start = self._clock()
+        thresholds = self.thresholds  # read once: the node may replace them from another thread
+        result = keypoint_pnp(keypoints, confidences, self.keypoints_3d, batch.K, thresholds)
+        confident = confidences >= thresholds.min_keypoint_confidence
+        rms = reprojection_rms(self.keypoints_3d, result, batch.K, keypoints, confident)
+        timings["pnp"] = self._clock() - start
+        covariance = self.covariance_scales.apply(result.covariance)
+        reasons = pose_verdicts(confident, result, rms, position_std(covariance), thresholds)
+        timings["total"] = sum(timings.values())
+        return PoseEstimate(
+            keypoints,
+            confidences,
+            result.R,
+            result.t,
+            covariance,
+            rms,
+            torch.tensor([reason == "" for reason in reasons]),
+            reasons,
+            timings,
+            zoomed,
+        )
+
+    def _preprocess(self, images: np.ndarray | Tensor, K: np.ndarray | Tensor) -> _Batch:
+        """Validated images on the estimator's device in [0, 1], resized to the network input."""
         batch_images = _as_image_batch(images)
         batch, height, width = batch_images.shape[:3]
         K64 = torch.as_tensor(np.asarray(K) if not isinstance(K, Tensor) else K, dtype=torch.float64).cpu()
@@ -212,7 +285,6 @@ class PoseEstimator:
         K64 = K64.expand(batch, 3, 3) if K64.ndim == 2 else K64
         if K64.shape[0] != batch:
             raise ValueError(f"got {batch} images but {K64.shape[0]} intrinsics matrices")
-
         original = batch_images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         pixels = original
         if (height, width) != (self.input_height, self.input_width):
@@ -223,30 +295,30 @@ class PoseEstimator:
                 align_corners=False,
                 antialias=True,
             )
-        timings["preprocess"] = self._clock() - start
+        return _Batch(original, pixels, K64)
 
+    def _keypoints(self, batch: _Batch, timings: dict[str, float]) -> tuple[Tensor, Tensor, Tensor]:
+        """Keypoints [B,K,2] original-image px and confidences [B,K] (float64, CPU), and which images
+        took the zoomed second pass [B]; times the network, decode and zoom stages."""
         start = self._clock()
-        flip_test = self.flip_test  # read once, as zoom below
-        heatmaps = self._flip_pass(flip_test == "all")(pixels)
+        flip_test = self.flip_test  # read once, as zoom below: the node may switch them
+        heatmaps = self._flip_pass(flip_test == "all")(batch.pixels)
         timings["network"] = self._clock() - start
-
         start = self._clock()
         xy, confidences = decode_heatmaps(heatmaps)
-        stride_x = self.input_width / heatmaps.shape[-1]
-        stride_y = self.input_height / heatmaps.shape[-2]
-        # heatmap px -> network input px -> original image px (pixel centres at integers throughout)
-        scale = xy.new_tensor([stride_x * width / self.input_width, stride_y * height / self.input_height])
-        keypoints = (xy + 0.5) * scale - 0.5
+        height, width = batch.original.shape[-2:]
+        # heatmap px -> original image px (pixel centres at integers throughout)
+        stride = xy.new_tensor([width / heatmaps.shape[-1], height / heatmaps.shape[-2]])
+        keypoints = (xy + 0.5) * stride - 0.5
         timings["decode"] = self._clock() - start
-
-        zoomed = torch.zeros(batch, dtype=torch.bool)
-        zoom = self.zoom  # read once: the node may switch it from another thread
+        zoomed = torch.zeros(len(keypoints), dtype=torch.bool)
+        zoom = self.zoom
         if zoom is not None:
             start = self._clock()
             keypoints, confidences, zoomed = zoom_refine(
                 heatmap_locator(self._flip_pass(flip_test != "off")),
-                original,
-                pixels,
+                batch.original,
+                batch.pixels,
                 keypoints.float(),
                 confidences.float(),
                 self.thresholds.min_keypoint_confidence,
@@ -254,46 +326,7 @@ class PoseEstimator:
             )
             zoomed = zoomed.cpu()
             timings["zoom"] = self._clock() - start
-        keypoints = keypoints.double().cpu()
-        confidences = confidences.double().cpu()
-
-        start = self._clock()
-        thresholds = self.thresholds
-        confident = confidences >= thresholds.min_keypoint_confidence
-        result = keypoint_pnp(keypoints, confidences, self.keypoints_3d, K64, thresholds)
-        reprojected, _ = project_points(self.keypoints_3d, result.R, result.t, K64)
-        squared = ((reprojected - keypoints) ** 2).sum(-1)
-        rms = torch.sqrt((squared * confident).sum(-1) / confident.sum(-1).clamp_min(1))
-        timings["pnp"] = self._clock() - start
-
-        covariance = self.covariance_scales.apply(result.covariance)
-        spread = position_std(covariance)
-        reasons = []
-        for b in range(batch):
-            if int(confident[b].sum()) < thresholds.min_keypoints:
-                reasons.append("low_confidence")
-            elif not bool(result.converged[b]):
-                reasons.append(f"solver_{PnPStatus(int(result.status[b])).name.lower()}")
-            elif not float(rms[b]) <= thresholds.max_reprojection_rms_px:
-                reasons.append("high_reprojection_error")
-            elif not float(spread[b]) <= thresholds.max_position_std_m:
-                reasons.append("uncertain_pose")
-            else:
-                reasons.append("")
-        valid = torch.tensor([r == "" for r in reasons])
-        timings["total"] = sum(timings.values())
-        return PoseEstimate(
-            keypoints,
-            confidences,
-            result.R,
-            result.t,
-            covariance,
-            rms,
-            valid,
-            reasons,
-            timings,
-            zoomed,
-        )
+        return keypoints.double().cpu(), confidences.double().cpu(), zoomed
 
     def _network_pass(self, pixels: Tensor) -> Tensor:
         """Heatmaps [N,K,h,w] of network-input images [N,3,H,W] in [0,1] (half precision on CUDA)."""
