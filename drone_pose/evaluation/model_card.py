@@ -271,11 +271,21 @@ def _weights_choice(config: dict[str, Any], training: dict[str, Any]) -> str:
 
 
 def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
+    """The card's Markdown: a header, the held-out results, the keypoint budget, training and
+    inference time."""
+    sections = (
+        _header_section(figures, shipped),
+        _heldout_section(figures, table, shipped),
+        _budget_section(figures),
+        _training_section(figures),
+        _inference_section(figures),
+    )
+    return "\n".join(line for section in sections for line in section)
+
+
+def _header_section(figures: dict[str, Any], shipped: Path) -> list[str]:
     drone = figures["drone"]
-    metrics = figures["heldout"]["metrics"]
-    reference, acceptance = STUDY_REFERENCE.get(drone, {}), ACCEPTANCE.get(drone, {})
-    config = figures["training"]["config"]
-    lines = [
+    return [
         f"# Model card: `{shipped.name}`",
         "",
         f"Keypoint network `{figures['network']}` ({figures['parameters_m']} M parameters) for the "
@@ -283,6 +293,16 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         f"`PoseEstimator.from_checkpoint()` (no path: the shipped default for `{drone}`), "
         "`tracker_node` (empty `checkpoint`), `drone-pose eval --checkpoint` or `eval-bag`.",
         "",
+    ]
+
+
+def _heldout_section(figures: dict[str, Any], table: str, shipped: Path) -> list[str]:
+    """The held-out table, what the second pass and flip test are, the size bins, the covariance's
+    calibration and the targets."""
+    drone = figures["drone"]
+    metrics = figures["heldout"]["metrics"]
+    reference, acceptance = STUDY_REFERENCE.get(drone, {}), ACCEPTANCE.get(drone, {})
+    lines = [
         "## Held-out synthetic test set",
         "",
         f"`{figures['heldout']['command']}` ({figures['heldout']['samples']} images, a seed not used in "
@@ -330,7 +350,12 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
             f"ACC5 {reference['ACC5']} %, ADD5 {reference['ADD5']} %.",
             "",
         ]
-    lines += [
+    return lines
+
+
+def _budget_section(figures: dict[str, Any]) -> list[str]:
+    """The keypoint budget table and the figure test_shipped_models reproduces."""
+    lines = [
         "What the targets ask of the keypoints: ground-truth keypoints of the same images plus Gaussian "
         "noise (std per image axis) through the estimator's PnP (`drone-pose keypoint-budget --data "
         "<that folder>`). A network whose mean keypoint error exceeds the one at which a target is missed "
@@ -344,6 +369,14 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         f"First {check['samples']} test images (what `test/test_shipped_models.py` reproduces): "
         + ", ".join(f"{k} {check['metrics'][k]:.2f}" for k in ("ACC5", "ADD5", "Proj5", "keypoint_px")),
         "",
+    ]
+    return lines
+
+
+def _training_section(figures: dict[str, Any]) -> list[str]:
+    """Data, recipe, epochs, hardware and the validation curve."""
+    config = figures["training"]["config"]
+    lines = [
         "## Training",
         "",
         f"- Data: `{figures['training']['command']}` (train split for training, val for model selection).",
@@ -372,8 +405,12 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
             f"| {row['epoch']:.0f} | {row['train_loss']:.4f} | {row['keypoint_px']:.2f} | "
             f"{row['ACC5']:.1f} | {row['ADD5']:.1f} |"
         )
+    return lines
+
+
+def _inference_section(figures: dict[str, Any]) -> list[str]:
     timings = figures["estimator_ms_cpu_batch1"]
-    lines += [
+    return [
         "",
         "## Inference time",
         "",
@@ -382,4 +419,3 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         + ", ".join(f"{k} {v}" for k, v in timings.items()),
         "",
     ]
-    return "\n".join(lines)
