@@ -1,4 +1,4 @@
-"""`drone-pose bench pnp | net | tracker`: benchmarks that print JSON."""
+"""`drone-pose bench pnp | net | tracker | train`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -87,6 +87,39 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     tracker.add_argument("--device", default="cpu", help="the tracker's device (cpu, cuda, auto)")
     tracker.add_argument("--param", action="append", help="extra tracker parameter name:=value")
     tracker.set_defaults(run=_cmd_bench_tracker)
+    _add_bench_train(bench)
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from drone_pose.bench.train import run_benchmark
+
+    report = run_benchmark(
+        networks=tuple(args.networks),
+        phases=tuple(args.phases),
+        batch=args.batch,
+        steps=args.steps,
+        device=args.device,
+        width=args.width,
+        height=args.height,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_bench_train(bench: argparse._SubParsersAction) -> None:
+    train = bench.add_parser(
+        "train", help="training steps as the trainer runs them: images/s and forward/backward/step ms"
+    )
+    train.add_argument("--networks", nargs="+", default=["hrnet_lite"], help="presets, e.g. hrnet_w48")
+    train.add_argument(
+        "--phases", nargs="+", default=["heatmap", "pose"], choices=["heatmap", "pose", "mixture"]
+    )
+    train.add_argument("--batch", type=int, default=24)
+    train.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
+    train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--width", type=int, default=320)
+    train.add_argument("--height", type=int, default=240)
+    train.set_defaults(run=_cmd_bench_train)
 
 
 def register(commands: argparse._SubParsersAction) -> None:

@@ -32,6 +32,7 @@ from drone_pose.inference.checkpoint import (
     network_from_checkpoint,
 )
 from drone_pose.inference.thresholds import EstimatorThresholds
+from drone_pose.nets.cuda_graphs import GraphedPass
 from drone_pose.nets.flip import flip_averaged, mirror_permutation, validate_flip_test
 from drone_pose.nets.heatmap_codec import decode_heatmaps
 from drone_pose.nets.predictor import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
@@ -158,7 +159,9 @@ class PoseEstimator:
     zoomed second pass for small drones, or None for one pass; covariance_scales: variance factors
     for the PnP covariance (a checkpoint's pose_covariance), None for the covariance PnP reports;
     flip_test: "off", "zoom" or "all", the network passes averaged with their mirrored image
-    (drone_pose.nets.flip; needs mirror-symmetric keypoints).
+    (drone_pose.nets.flip; needs mirror-symmetric keypoints); cuda_graphs: on a CUDA device, replay
+    each network pass (with its flip test) from a CUDA graph captured per input shape
+    (drone_pose.nets.cuda_graphs), False for eager passes; ignored with compile_network.
     """
 
     def __init__(
@@ -176,13 +179,14 @@ class PoseEstimator:
         zoom: ZoomSettings | None = None,
         covariance_scales: CovarianceScales | None = None,
         flip_test: str = "off",
+        cuda_graphs: bool = True,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
         self.use_cuda = self.device.type == "cuda"
         self.keypoints_3d = torch.tensor(np.asarray(keypoints_3d), dtype=torch.float64)
         self.predictor = HeatmapPredictor(network, self.keypoints_3d.shape[0], mean, std).eval()
         self.predictor = self.predictor.to(self.device)
-        # NHWC: faster convolutions on CUDA and on CPU (hrnet_lite, 320x240, batch 1: 14.1 -> 10.0 ms)
+        # NHWC: faster convolutions on CUDA and on CPU (docs/experiments.md)
         self.predictor = self.predictor.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.predictor) if compile_network else self.predictor
         self.input_width, self.input_height = input_size
@@ -191,11 +195,17 @@ class PoseEstimator:
         self.zoom = zoom
         validate_flip_test(flip_test, self.keypoints_3d)
         self.flip_permutation = mirror_permutation(self.keypoints_3d)  # None: the drone is not symmetric
-        self._flipped_pass = (
+        flipped = (
             None
             if self.flip_permutation is None
             else flip_averaged(self._network_pass, self.flip_permutation)
         )
+        self.cuda_graphs = cuda_graphs and not compile_network
+        self._single_pass: Callable[[Tensor], Tensor] = self._network_pass
+        self._flipped_pass = flipped
+        if self.cuda_graphs:  # GraphedPass runs CPU inputs eagerly
+            self._single_pass = GraphedPass(self._network_pass)
+            self._flipped_pass = None if flipped is None else GraphedPass(flipped)
         self.flip_test = flip_test  # may be switched to "off" and back at run time (tracker_node)
         self.covariance_scales = covariance_scales or CovarianceScales()
         if warm_up:
@@ -336,7 +346,7 @@ class PoseEstimator:
 
     def _flip_pass(self, flip: bool) -> Callable[[Tensor], Tensor]:
         """_network_pass, averaged with the mirrored images' heatmaps when `flip`."""
-        return self._flipped_pass if flip and self._flipped_pass is not None else self._network_pass
+        return self._flipped_pass if flip and self._flipped_pass is not None else self._single_pass
 
     def to(self, device: str | torch.device) -> PoseEstimator:
         """Move the network to `device` (e.g. "cpu" to free GPU memory while a node is inactive)."""
@@ -344,6 +354,9 @@ class PoseEstimator:
         self.device = torch.device(device)
         self.use_cuda = self.device.type == "cuda"
         self.predictor = self.predictor.to(self.device)
+        for graphed in (self._single_pass, self._flipped_pass):
+            if isinstance(graphed, GraphedPass):
+                graphed.clear()  # captured for the old device's memory
         if previous.type == "cuda" and not self.use_cuda:
             torch.cuda.empty_cache()
         return self

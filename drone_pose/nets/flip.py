@@ -63,11 +63,15 @@ def flip_averaged(
     """predict (images [N,3,H,W] -> heatmaps [N,K,h,w]) with the flip test: one call on the images
     and their mirrors [2N,3,H,W], heatmaps [N,K,h,w] averaged over the two views."""
     index = torch.as_tensor(list(permutation), dtype=torch.long)
+    on_device: dict[torch.device, Tensor] = {}  # no host-to-device copy per call (CUDA-graph capture)
 
     def predict_flipped(images: Tensor) -> Tensor:
         count = images.shape[0]
         heatmaps = predict(torch.cat((images, images.flip(-1))))
-        mirrored = heatmaps[count:].flip(-1).index_select(1, index.to(heatmaps.device))
+        channels = on_device.get(heatmaps.device)
+        if channels is None:
+            channels = on_device.setdefault(heatmaps.device, index.to(heatmaps.device))
+        mirrored = heatmaps[count:].flip(-1).index_select(1, channels)
         return 0.5 * (heatmaps[:count] + mirrored)
 
     return predict_flipped
