@@ -7,7 +7,7 @@ SETUP_INPUTS := $(wildcard requirements/*.txt) tools/setup_env.sh setup.py setup
 	$(wildcard interfaces/tf2_msgs/*.txt interfaces/tf2_msgs/*.xml interfaces/tf2_msgs/msg/*)
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo bench clean
+.PHONY: setup test lint format demo clean
 
 setup: $(STAMP)
 

@@ -3,7 +3,7 @@
 # holder of a GPU machine: torch with CUDA preinstalled, no network. Pure-Python dependencies the
 # machine lacks (roma, trimesh) come from a folder of wheels:
 #   tools/gpu_check.sh [WHEEL_DIR] [gpu_check options, e.g. --sections estimator networks]
-# Runs from the source checkout (no install); about 5 minutes on one H200.
+# Runs from the source checkout (no install); figures and run time: docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels="${1:-}"

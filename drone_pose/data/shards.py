@@ -76,8 +76,8 @@ def encode_shard(
 ) -> dict[str, np.ndarray]:
     """The arrays of a shard from per-sample images [H,W,3] uint8 RGB and masks [H,W] bool.
 
-    Images are stored as JPEG quality 95 (0.2 ms and ~20 KB per 320x240 image; its error is below
-    the rendered sensor noise) or, with lossless, as PNG (~4 ms and ~120 KB).
+    Images are stored as JPEG quality 95 (its error is below the rendered sensor noise) or, with
+    lossless, as PNG (slower and larger; figures in docs/experiments.md).
     """
     if lossless:
         suffix, params = ".png", [cv2.IMWRITE_PNG_COMPRESSION, 1]

@@ -49,7 +49,7 @@ class SceneConfig:
     exposure: max relative exposure change; white_balance: max relative per-channel gain change.
     supersampling: the drone is rasterised at this many times the resolution per axis and averaged
     down (a box filter, like a pixel's area). 2 quantises edge coverage to quarters, jagged edges
-    that a camera does not make (they cost the shipped Tello network 4 ADD5 points against 4).
+    that a camera does not make (what they cost a small drone's accuracy: docs/experiments.md).
     """
 
     background_folder: str | None = None

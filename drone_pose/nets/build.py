@@ -56,7 +56,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stem_blocks": 1,
         "stages": (StageConfig(1, (2, 2), (16, 32)), StageConfig(2, (2, 2, 2), (16, 32, 64))),
     },
-    # hrnet_lite at twice the width (2.17 M parameters, about 3x its CPU training step).
+    # hrnet_lite at twice the width (2.17 M parameters).
     "hrnet_small": {
         "architecture": "hrnet",
         "heatmaps": 9,

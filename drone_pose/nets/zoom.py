@@ -1,16 +1,13 @@
 """Zoomed second pass: re-run the keypoint network on a window around a small drone, enlarged.
 
 Heatmap keypoints have an error of about a pixel of the network input whatever the drone's size,
-so a far drone's pose suffers most (on M2ED held-out images, ACC5 34 % below 40 px against 96 %
-above 80 px). The second pass takes the first pass's confident keypoints, centres a window (the
-network's input size, or `window`) on their bounding box and enlarges it (bilinear) so that the box
-diagonal becomes about `target_px` network pixels, at most `max_zoom` times; the keypoints found
-there are mapped back to the original image. A window smaller than the network input, such as the
-training crop the network learnt zoomed drones on, costs less: Tello hrnet_small (first stage),
-batch 1 on a 2-core CPU, 53-59 -> 43-44 ms per frame with 192x160 instead of 320x240 (side by
-side), held-out ACC5 / ADD5 50.2 / 25.5 -> 50.4 / 25.7. Drones already at least `target_px` large
-keep the first pass.
-Everything is batched tensor work on the images' device.
+so a far drone's pose suffers most (figures in docs/experiments.md). The second pass takes the
+first pass's confident keypoints, centres a window (the network's input size, or `window`) on their
+bounding box and enlarges it (bilinear) so that the box diagonal becomes about `target_px` network
+pixels, at most `max_zoom` times; the keypoints found there are mapped back to the original image.
+A window smaller than the network input, such as the training crop the network learnt zoomed
+drones on, costs less for the same accuracy (docs/experiments.md). Drones already at least
+`target_px` large keep the first pass. Everything is batched tensor work on the images' device.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The object points are written in barycentric coordinates of four control points (centroid plus
 the principal axes); the camera-frame control points span the null space of a 2N x 12 system.
 That null space is found through its Schur complement: for given control-point depths Z the x and
-y coordinates follow by linear least squares, leaving a 4x4 eigenproblem in Z (same accuracy as
-the 12x12 eigendecomposition, about 3x faster on CPU batches).
+y coordinates follow by linear least squares, leaving a 4x4 eigenproblem in Z (the accuracy of
+the 12x12 eigendecomposition, for less work on CPU batches).
 The null-space combination is found for kernel dimensions 1, 2 and 3 (linearised distance
 constraints, refined by Gauss-Newton on the betas), each candidate is aligned to the object by
 Kabsch, and the candidate with the lowest reprojection error wins. Every step is a torch op, so
@@ -224,7 +224,7 @@ def kabsch(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
     source, target [B,N,3]. With the cross-covariance C = U S V^T, R = U diag(d, 1, 1) V^T
     (singular values ascending, d = +-1 so that det R = 1). V and S^2 come from the symmetric 3x3
-    eigenproblem of C^T C (about 3x faster than a batched 3x3 SVD on CPU); U's two leading columns
+    eigenproblem of C^T C (cheaper than a batched 3x3 SVD on CPU); U's two leading columns
     are C v / s and the third is their cross product, which also makes R proper when the points are
     planar (smallest s = 0). Differentiable while the singular values are distinct.
     """
@@ -303,7 +303,7 @@ def _smallest_eigenvector(S: Tensor, iterations: int = 3) -> Tensor:
     """Unit eigenvector [B,4] of the smallest eigenvalue of symmetric PSD S [B,4,4], by inverse iteration.
 
     The Schur complement's smallest eigenvalue is at the noise level and well below the others, so
-    a few multiplications by the (ridged) inverse converge; 4x cheaper than a batched eigh on CPU.
+    a few multiplications by the (ridged) inverse converge, cheaper than a batched eigh on CPU.
     """
     eye = torch.eye(4, dtype=S.dtype, device=S.device)
     ridge = 1e-12 * S.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None, None] + torch.finfo(S.dtype).tiny

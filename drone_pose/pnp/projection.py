@@ -58,7 +58,7 @@ def rotvec_to_matrix(w: Tensor) -> Tensor:
 
     a = sin(theta)/theta and b = (1 - cos(theta))/theta^2 = 0.5 (sin(theta/2)/(theta/2))^2 through
     torch.sinc, exact and differentiable at zero. Written out rather than roma.rotvec_to_rotmat: it
-    runs in every solver iteration, where roma's version took 10x longer on small CPU batches.
+    runs in every solver iteration, where roma's general version costs more on small CPU batches.
     """
     theta = ((w * w).sum(-1) + torch.finfo(w.dtype).tiny).sqrt()[:, None, None]
     W = skew(w)

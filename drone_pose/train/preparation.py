@@ -119,8 +119,7 @@ def prepare(config: TrainConfig) -> TrainingRun:
     if device.type == "cpu" and config.cpu_bf16 and not native_cpu_bfloat16():
         log.warning(
             "cpu_bf16: this CPU has no native bfloat16 (oneDNN reports none), so bfloat16 autocast is "
-            "emulated: a training step of the shipped Tello network took 8.0 s against 0.85 s in "
-            "float32 on such a CPU. Leave cpu_bf16 off here."
+            "emulated and several times slower than float32 (docs/experiments.md). Leave cpu_bf16 off here."
         )
     train_data, val_data, drone, image_size = build_datasets(config)
     torch.manual_seed(config.seed)  # identical initial weights on every rank

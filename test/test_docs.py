@@ -1,0 +1,114 @@
+"""The documentation stays true: every `drone-pose` command it names runs `--help`, every command
+is documented, and the node reference lists exactly the node's parameters, topics and rejections."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from drone_pose.cli import build_parser, main
+from drone_pose.ros.tracker_parameters import TRACKER_PARAMETERS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+README_MAX_LINES = 250
+
+
+def subcommands() -> set[tuple[str, ...]]:
+    """Every `drone-pose` command the parser knows, as argument tuples (bench's as pairs)."""
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if a.dest == "command"]
+    found = set()
+    for name, sub in commands.choices.items():
+        nested = [a for a in sub._actions if a.dest == "target"]
+        found |= {(name, target) for target in nested[0].choices} if nested else {(name,)}
+    return found
+
+
+def named_commands() -> set[tuple[str, ...]]:
+    """The commands the README and docs name as `drone-pose <command>` (bench with its target)."""
+    known = subcommands()
+    firsts = {command[0] for command in known}
+    named = set()
+    for document in DOCUMENTS:
+        for first, second in re.findall(
+            r"drone-pose ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", document.read_text()
+        ):
+            if first not in firsts:
+                continue
+            named.add((first, second) if (first, second) in known else (first,))
+    return named
+
+
+def test_the_readme_is_a_front_door():
+    assert len((REPO_ROOT / "README.md").read_text().splitlines()) <= README_MAX_LINES
+
+
+def test_every_command_is_documented():
+    named = named_commands()
+    missing = sorted(" ".join(c) for c in subcommands() - named if c != ("bench",))
+    assert not missing, f"not named in README.md or docs/: {missing}"
+    cli_page = (REPO_ROOT / "docs" / "cli.md").read_text()
+    for command in subcommands():
+        assert f"drone-pose {' '.join(command)}" in cli_page, command
+
+
+@pytest.mark.parametrize("command", sorted(named_commands()), ids=" ".join)
+def test_every_named_command_answers_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: drone-pose" in capsys.readouterr().out
+
+
+def node_reference_rows() -> dict[str, list[str]]:
+    """docs/tracker_node.md's parameter table: name -> [default, range, run-time, description]."""
+    text = (REPO_ROOT / "docs" / "tracker_node.md").read_text()
+    header = "| parameter | default | range | run-time | description |"
+    assert header in text
+    rows = {}
+    for line in text.split(header, 1)[1].splitlines()[2:]:
+        if not line.startswith("| `"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split(" | ")]
+        rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def yaml_text(value: object) -> str:
+    """A default as the docs and tracker.yaml write it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return '""' if value == "" else str(value)
+
+
+def test_the_node_reference_lists_every_parameter_with_its_default():
+    rows = node_reference_rows()
+    assert list(rows) == [spec.name for spec in TRACKER_PARAMETERS]
+    for spec in TRACKER_PARAMETERS:
+        default, _, runtime, description = rows[spec.name]
+        assert default.strip("`") == yaml_text(spec.default), spec.name
+        assert runtime == ("yes" if spec.runtime else "no"), spec.name
+        assert description
+
+
+def test_the_node_reference_names_every_topic_and_rejection():
+    from drone_pose.ros.tracker_node import INPUT_REJECTIONS
+
+    text = (REPO_ROOT / "docs" / "tracker_node.md").read_text()
+    for topic in (
+        "image",
+        "image/compressed",
+        "camera_info",
+        "pose",
+        "pose_with_covariance",
+        "/tf",
+        "marker",
+        "overlay",
+        "/diagnostics",
+    ):
+        assert f"`{topic}`" in text, topic
+    for reason in (*INPUT_REJECTIONS, "low_confidence", "high_reprojection_error", "uncertain_pose"):
+        assert f"`{reason}`" in text, reason
