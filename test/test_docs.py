@@ -28,17 +28,23 @@ def subcommands() -> set[tuple[str, ...]]:
 
 
 def named_commands() -> set[tuple[str, ...]]:
-    """The commands the README and docs name as `drone-pose <command>` (bench with its target)."""
+    """The commands the README and docs name as `drone-pose <command>` (bench with its target);
+    AssertionError for a name that is no command (a misspelling in the docs)."""
     known = subcommands()
     firsts = {command[0] for command in known}
-    named = set()
+    named, unknown = set(), []
     for document in DOCUMENTS:
-        for first, second in re.findall(
-            r"drone-pose ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", document.read_text()
-        ):
+        text = document.read_text()
+        for first, second in re.findall(r"drone-pose ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?", text):
             if first not in firsts:
-                continue
-            named.add((first, second) if (first, second) in known else (first,))
+                unknown.append(f"{document.name}: drone-pose {first}")
+            elif first == "bench":
+                if (first, second) not in known:
+                    unknown.append(f"{document.name}: drone-pose bench {second}")
+                named.add((first, second))
+            else:
+                named.add((first,))
+    assert not unknown, unknown
     return named
 
 
@@ -48,7 +54,7 @@ def test_the_readme_is_a_front_door():
 
 def test_every_command_is_documented():
     named = named_commands()
-    missing = sorted(" ".join(c) for c in subcommands() - named if c != ("bench",))
+    missing = sorted(" ".join(c) for c in subcommands() - named)
     assert not missing, f"not named in README.md or docs/: {missing}"
     cli_page = (REPO_ROOT / "docs" / "cli.md").read_text()
     for command in subcommands():
@@ -88,8 +94,12 @@ def test_the_node_reference_lists_every_parameter_with_its_default():
     rows = node_reference_rows()
     assert list(rows) == [spec.name for spec in TRACKER_PARAMETERS]
     for spec in TRACKER_PARAMETERS:
-        default, _, runtime, description = rows[spec.name]
+        default, documented_range, runtime, description = rows[spec.name]
         assert default.strip("`") == yaml_text(spec.default), spec.name
+        if spec.range is not None:  # the documented interval is the declared one
+            numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?(?:e\d+)?", documented_range)]
+            assert numbers == list(spec.range), (spec.name, documented_range)
+            assert ("> 0" in documented_range) == spec.positive, (spec.name, documented_range)
         assert runtime == ("yes" if spec.runtime else "no"), spec.name
         assert description
 

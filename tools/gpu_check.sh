@@ -3,11 +3,15 @@
 # holder of a GPU machine: torch with CUDA preinstalled, no network. Pure-Python dependencies the
 # machine lacks (roma, trimesh) come from a folder of wheels:
 #   tools/gpu_check.sh [WHEEL_DIR] [gpu_check options, e.g. --sections estimator networks]
+# (the first argument is the wheel folder when it is a directory)
 # Runs from the source checkout (no install); figures and run time: docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-wheels="${1:-}"
-[ $# -gt 0 ] && shift
+wheels=""
+if [ $# -gt 0 ] && [ -d "$1" ]; then
+  wheels="$1"
+  shift
+fi
 site="$(mktemp -d)"
 trap 'rm -rf "$site"' EXIT
 if [ -n "$wheels" ]; then

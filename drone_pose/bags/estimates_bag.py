@@ -8,9 +8,10 @@ and /overlay (rgb8) for the frames given an overlay image.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -36,17 +37,17 @@ class EstimatedFrame:
 def write_estimates_bag(
     path: str | Path,
     frames: Sequence[EstimatedFrame],
-    overlays: Mapping[int, np.ndarray] | None = None,
+    overlay: Callable[[int], np.ndarray | None] | None = None,
     child_frame: str = "drone",
 ) -> Path:
-    """Write the bag at `path` (replaced if it exists); overlays: frame index -> [H,W,3] uint8 RGB."""
+    """Write the bag at `path` (replaced if it exists). overlay(index): that frame's overlay image
+    [H,W,3] uint8 RGB or None for none, drawn while the bag is written (one image in memory)."""
     path = Path(path)
-    overlays = overlays or {}
     if path.exists():
         shutil.rmtree(path)
     with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
 
-        def add(topic: str, msgtype: str, depth: int = 10):
+        def add(topic: str, msgtype: str, depth: int = 10) -> Any:
             return writer.add_connection(
                 topic, msgtype, typestore=messages.TYPESTORE, offered_qos_profiles=[messages.bag_qos(depth)]
             )
@@ -58,8 +59,9 @@ def write_estimates_bag(
         T = messages.T
         for index, frame in enumerate(frames):
             stamp, frame_id = frame.stamp, frame.frame_id
-            if index in overlays:
-                image = messages.image_rgb8(overlays[index], stamp, frame_id)
+            pixels = None if overlay is None else overlay(index)
+            if pixels is not None:
+                image = messages.image_rgb8(pixels, stamp, frame_id)
                 writer.write(overlay_c, stamp, messages.serialize(image))
             if not frame.valid:
                 continue

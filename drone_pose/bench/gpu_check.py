@@ -23,6 +23,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from drone_pose.bench import timing
 from drone_pose.bench.pnp_problems import uava_problems
 from drone_pose.bench.timing import machine_info
 from drone_pose.bench.train import benchmark_training
@@ -34,6 +35,7 @@ from drone_pose.nets.cuda_graphs import GraphedPass
 from drone_pose.nets.predictor import HeatmapPredictor
 from drone_pose.pnp import solve_pnp
 
+SECTIONS = ("estimator", "networks", "pnp", "train")
 UAVA_K = np.array([[252.7, 0.0, 160.0], [0.0, 252.7, 120.0], [0.0, 0.0, 1.0]])
 
 
@@ -49,19 +51,9 @@ class AtenCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def median_ms(run: Callable[[], object], device: torch.device, repeats: int, warm_up: int = 3) -> float:
-    for _ in range(warm_up):
-        run()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        samples.append(1e3 * (time.perf_counter() - start))
-    return round(statistics.median(samples), 3)
+def median_ms(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """timing.median_ms after 3 warm-up calls, rounded to microseconds."""
+    return round(timing.median_ms(run, device, repeats, warm_up=3), 3)
 
 
 def estimator_figures(device: torch.device, drones: tuple[str, ...], repeats: int) -> dict[str, Any]:
@@ -196,10 +188,17 @@ def train_figures(device: torch.device, quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measure the chosen sections and print the report as JSON (progress on stderr)."""
     parser = argparse.ArgumentParser(prog="python -m drone_pose.bench.gpu_check", description=__doc__)
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--quick", action="store_true", help="small sizes (a CPU smoke run)")
-    parser.add_argument("--sections", nargs="+", default=["estimator", "networks", "pnp", "train"])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=list(SECTIONS),
+        choices=SECTIONS,
+        help="which figures (default: all)",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     quick = args.quick

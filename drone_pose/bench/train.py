@@ -1,15 +1,15 @@
 """`drone-pose bench train`: training steps per second, as the trainer runs them, with the step's parts.
 
-Each step is the trainer's own: autocast (float16 with gradient scaling on CUDA, bfloat16 on CPU
-with cpu_bf16), channels_last, the loss of the chosen phase through drone_pose.train.epoch's
-training_loss (heatmap l_h, or the pose loss l_p through the PnP layer), backward and Adam. The
-images are random and the keypoints are the M2ED model projected at UAVA-like poses, so the figures
-measure the computation, not data loading (which the trainer overlaps with DataLoader workers).
+Each step is the trainer's own (drone_pose.train.epoch.training_step): autocast (float16 with
+gradient scaling on CUDA, bfloat16 on CPU with cpu_bf16), channels_last, the loss of the chosen
+phase (heatmap l_h, or the pose loss l_p through the PnP layer), backward and Adam. The images are
+random and the keypoints are the M2ED model projected at UAVA-like poses, so the figures measure
+the computation, not data loading (which the trainer overlaps with DataLoader workers). With a
+random network the pose loss's PnP may iterate longer than on a trained one.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from drone_pose.geometry.camera import keypoints_in_image
 from drone_pose.nets.build import build_network, count_parameters
 from drone_pose.nets.predictor import HeatmapPredictor
 from drone_pose.train.config import LossConfig, TrainConfig
-from drone_pose.train.epoch import synchronize, training_autocast, training_loss
+from drone_pose.train.epoch import amp_enabled, synchronize, training_step
 from drone_pose.train.preparation import TrainingForward, TrainingRun
 
 PHASES = ("heatmap", "pose", "mixture")
@@ -57,7 +57,7 @@ def benchmark_training(
     run = TrainingRun(
         config, drone, None, None, (width, height), predictor, TrainingForward(predictor), optimizer, device
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_enabled(run))
     problems = uava_problems(batch, seed=0, noise_px=0.0)
     keypoints = (problems.x2d * problems.x2d.new_tensor([width / 320, height / 240])).float().to(device)
     K = problems.K.expand(batch, 3, 3).clone()
@@ -69,25 +69,14 @@ def benchmark_training(
     images = torch.rand(batch, 3, height, width, device=device).contiguous(memory_format=torch.channels_last)
     run.model.train()
     parts: dict[str, list[float]] = {"forward_ms": [], "backward_ms": [], "optimiser_step_ms": []}
-    for step in range(warm_up + steps):
+    skipped = 0
+    for index in range(warm_up + steps):
         synchronize(device)
-        t0 = time.perf_counter()
-        with training_autocast(run):
-            outputs = run.model(images)
-        loss, _ = training_loss(run, outputs, keypoints, visibility, K, x3d, width, phase)
-        synchronize(device)
-        t1 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        synchronize(device)
-        t2 = time.perf_counter()
-        scaler.step(optimizer)
-        scaler.update()
-        synchronize(device)
-        t3 = time.perf_counter()
-        if step >= warm_up:
-            for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-                parts[key].append(1e3 * value)
+        step = training_step(run, scaler, images, keypoints, visibility, K, x3d, phase)
+        skipped += int(step.skipped)
+        if index >= warm_up:
+            for key, seconds in zip(parts, step.seconds, strict=True):
+                parts[key].append(1e3 * seconds)
     medians = {key: float(torch.tensor(values).median()) for key, values in parts.items()}
     step_ms = sum(medians.values())
     return {
@@ -98,10 +87,9 @@ def benchmark_training(
         "batch": batch,
         "image_size": [width, height],
         "device": str(device),
-        "autocast": "float16"
-        if device.type == "cuda" and config.amp
-        else ("bfloat16" if cpu_bf16 else "off"),
+        "autocast": "float16" if amp_enabled(run) else ("bfloat16" if cpu_bf16 else "off"),
         "steps": steps,
+        "skipped_steps": skipped,
         **{key: round(value, 2) for key, value in medians.items()},
         "step_ms": round(step_ms, 2),
         "images_per_s": round(batch * 1e3 / step_ms, 1),

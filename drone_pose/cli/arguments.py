@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 
 def add_flip_test_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--flip-test: checkpoint (its input.flip_test), off, zoom or all; `what` completes its help."""
     parser.add_argument(
         "--flip-test",
         choices=("checkpoint", "off", "zoom", "all"),  # drone_pose.nets.flip.FLIP_TEST_MODES
@@ -20,7 +21,7 @@ def add_flip_test_argument(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def split_options(args: argparse.Namespace) -> dict[str, object]:
-    """The options _add_split_arguments declares, as keyword arguments (checkpoint and data aside)."""
+    """The options add_split_arguments declares, as keyword arguments (checkpoint and data aside)."""
     keys = ("split", "out", "uava_drone", "device", "batch_size", "limit")
     return {key: getattr(args, key) for key in keys}
 

@@ -86,8 +86,12 @@ def evaluate_bag(
         scores.by_size,
     )
     files["frames"] = str(_write_frames_csv(out / "frames.csv", frames, estimate, scores))
-    overlays = {
-        index: draw_pose_overlay(
+
+    def overlay(index: int) -> np.ndarray | None:
+        if index % overlay_every != 0:
+            return None
+        frame = frames[index]
+        return draw_pose_overlay(
             frame["rgb"],
             drone,
             estimate.R[index].double().numpy(),
@@ -95,9 +99,7 @@ def evaluate_bag(
             frame["K"],
             estimate.keypoints[index].numpy(),
         )
-        for index, frame in enumerate(frames)
-        if index % overlay_every == 0
-    }
+
     estimated = [
         EstimatedFrame(
             frame["stamp"],
@@ -109,7 +111,7 @@ def evaluate_bag(
         )
         for index, frame in enumerate(frames)
     ]
-    files["estimates"] = str(write_estimates_bag(out / "estimates", estimated, overlays))
+    files["estimates"] = str(write_estimates_bag(out / "estimates", estimated, overlay))
     return {
         "label": label,
         "frames": len(frames),

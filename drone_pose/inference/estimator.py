@@ -34,7 +34,7 @@ from drone_pose.inference.checkpoint import (
 from drone_pose.inference.thresholds import EstimatorThresholds
 from drone_pose.nets.cuda_graphs import GraphedPass
 from drone_pose.nets.flip import flip_averaged, mirror_permutation, validate_flip_test
-from drone_pose.nets.heatmap_codec import decode_heatmaps
+from drone_pose.nets.heatmap_codec import decode_heatmaps, heatmap_to_image
 from drone_pose.nets.predictor import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
 from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
 from drone_pose.pnp import PnPResult, PnPStatus, solve_pnp
@@ -255,17 +255,18 @@ class PoseEstimator:
     def estimate(self, images: np.ndarray | Tensor, K: np.ndarray | Tensor) -> PoseEstimate:
         """Poses for uint8 RGB images [B,H,W,3] (or one [H,W,3]) with intrinsics K [3,3] or [B,3,3].
 
-        Four stages, each timed in timings_ms: preprocess (images to the network input), keypoints
-        (network, decoding, the zoomed second pass), pnp (confidence-weighted PnP and the
-        reprojection RMS) and the verdicts (the validity rules of `thresholds`).
+        Four stages: preprocess (images to the network input), keypoints (network, decode and the
+        zoomed second pass), PnP (confidence-weighted, with the reprojection RMS) and the verdicts
+        (the validity rules of `thresholds`). timings_ms has preprocess, network, decode, zoom (when
+        it runs), pnp and total.
         """
+        thresholds = self.thresholds  # read once: the node may replace them from another thread
         timings: dict[str, float] = {}
         start = self._clock()
         batch = self._preprocess(images, K)
         timings["preprocess"] = self._clock() - start
-        keypoints, confidences, zoomed = self._keypoints(batch, timings)
+        keypoints, confidences, zoomed = self._keypoints(batch, thresholds, timings)
         start = self._clock()
-        thresholds = self.thresholds  # read once: the node may replace them from another thread
         result = keypoint_pnp(keypoints, confidences, self.keypoints_3d, batch.K, thresholds)
         confident = confidences >= thresholds.min_keypoint_confidence
         rms = reprojection_rms(self.keypoints_3d, result, batch.K, keypoints, confident)
@@ -307,7 +308,9 @@ class PoseEstimator:
             )
         return _Batch(original, pixels, K64)
 
-    def _keypoints(self, batch: _Batch, timings: dict[str, float]) -> tuple[Tensor, Tensor, Tensor]:
+    def _keypoints(
+        self, batch: _Batch, thresholds: EstimatorThresholds, timings: dict[str, float]
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Keypoints [B,K,2] original-image px and confidences [B,K] (float64, CPU), and which images
         took the zoomed second pass [B]; times the network, decode and zoom stages."""
         start = self._clock()
@@ -319,7 +322,7 @@ class PoseEstimator:
         height, width = batch.original.shape[-2:]
         # heatmap px -> original image px (pixel centres at integers throughout)
         stride = xy.new_tensor([width / heatmaps.shape[-1], height / heatmaps.shape[-2]])
-        keypoints = (xy + 0.5) * stride - 0.5
+        keypoints = heatmap_to_image(xy, stride)
         timings["decode"] = self._clock() - start
         zoomed = torch.zeros(len(keypoints), dtype=torch.bool)
         zoom = self.zoom
@@ -331,7 +334,7 @@ class PoseEstimator:
                 batch.pixels,
                 keypoints.float(),
                 confidences.float(),
-                self.thresholds.min_keypoint_confidence,
+                thresholds.min_keypoint_confidence,
                 zoom,
             )
             zoomed = zoomed.cpu()

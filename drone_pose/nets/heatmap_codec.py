@@ -78,8 +78,9 @@ def _quadratic_peak(
     return (centre.to(log_h.dtype) + offset.clamp(-1.5, 1.5)).clamp(-0.5, size - 0.5)
 
 
-def heatmap_to_image(xy: Tensor, stride: float) -> Tensor:
-    """Heatmap-pixel coordinates -> input-image pixels for heatmaps at 1/stride resolution.
+def heatmap_to_image(xy: Tensor, stride: float | Tensor) -> Tensor:
+    """Heatmap-pixel coordinates [...,2] -> image pixels for heatmaps at 1/stride resolution
+    (stride a number, or per axis [2] as (x, y) for an image resized to the network input).
 
     With pixel centres at integer coordinates in both grids: u = stride (x + 0.5) - 0.5.
     """

@@ -27,6 +27,11 @@ class RateWindow:
         self._base = (0, 0)
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
 
+    def restart(self) -> None:
+        """Count rates from now on (a configure); the latency window is kept."""
+        self._since = self._clock()
+        self._base = (0, 0)
+
     def report(self, received: int, processed: int) -> dict[str, float]:
         """input_rate_hz, processed_rate_hz (counts since the last report over the time since it),
         latency_p50_ms and latency_p95_ms (NaN before the first output)."""
@@ -54,11 +59,12 @@ def diagnostic_array(
 ) -> DiagnosticArray:
     """One DiagnosticStatus with `values` then every counter as key-values; the message counts the
     outputs (counter `outputs_key`) and all rejections."""
+    counts = dict(counters)  # one copy: the worker thread may add a counter meanwhile
     status = DiagnosticStatus(name=name, hardware_id=hardware_id)
-    rejected = sum(v for k, v in counters.items() if k.startswith("rejected_"))
+    rejected = sum(v for k, v in counts.items() if k.startswith("rejected_"))
     status.level = DiagnosticStatus.WARN if last_rejection else DiagnosticStatus.OK
-    status.message = f"{counters[outputs_key]} poses, {rejected} rejected"
-    entries = {**values, "last_rejection": last_rejection, **dict(counters)}
+    status.message = f"{counts.get(outputs_key, 0)} poses, {rejected} rejected"
+    entries = {**values, "last_rejection": last_rejection, **counts}
     status.values = [
         KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in entries.items()
     ]

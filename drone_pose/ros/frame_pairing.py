@@ -68,8 +68,11 @@ class FrameMailbox:
         self._condition = threading.Condition()
 
     def put(self, frame: Frame) -> bool:
-        """Park `frame`; True when it replaced a frame nobody took (that one is dropped)."""
+        """Park `frame`; True when it replaced a frame nobody took (that one is dropped). A closed
+        mailbox drops `frame` (returns True)."""
         with self._condition:
+            if not self._open:
+                return True
             replaced = self._slot is not None
             self._slot = frame
             self._condition.notify()
@@ -91,6 +94,7 @@ class FrameMailbox:
             self._condition.notify_all()
 
     def reopen(self) -> None:
+        """Accept frames again (an activate after a close)."""
         with self._condition:
             self._open = True
 

@@ -194,7 +194,7 @@ class TrackerNode(LifecycleNode):
             self.create_timer(1.0, self._publish_diagnostics),
             self.create_timer(max(wait / 2, 0.01), self.pairing.flush_expired),
         ]
-        self.rates = RateWindow()
+        self.rates.restart()
 
     def _stop_inputs(self) -> None:
         for subscription in self._subscriptions_active:

@@ -34,7 +34,11 @@ class ParameterSpec:
     runtime: bool = False
 
     def refusal(self, value: ParameterValue) -> str | None:
-        """Why `value` is refused for this parameter at run time, or None when it is accepted."""
+        """Why `value` is refused for this parameter at run time, or None when it is accepted.
+
+        The range check repeats what rclpy enforces from the declared range before the node's
+        callback runs, so that the table alone decides for callers without rclpy (tests, a second
+        node's own validation)."""
         if not self.runtime:
             return f"{self.name} is read-only at run time"
         if isinstance(self.default, float):

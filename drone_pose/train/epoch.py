@@ -35,6 +35,7 @@ class EpochTimes:
     steps: int = 0
 
     def means_ms(self) -> dict[str, float]:
+        """Mean milliseconds per step of forward (with the loss), backward and optimiser step."""
         n = max(self.steps, 1)
         return {
             "forward_ms": 1e3 * self.forward / n,
@@ -51,6 +52,7 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
 
 
 def loss_phase(config: TrainConfig, epoch: int) -> str:
+    """The loss of an epoch: heatmap during loss.heatmap_only_epochs, then loss.kind."""
     return "heatmap" if epoch < config.loss.heatmap_only_epochs else config.loss.kind
 
 
@@ -69,6 +71,8 @@ def training_autocast(run: TrainingRun) -> torch.autocast:
 def train_epoch(
     run: TrainingRun, epoch: int, scaler: torch.amp.GradScaler, times: EpochTimes, progress: bool
 ) -> tuple[float, dict[str, float]]:
+    """One epoch of training steps; returns the mean loss and the mean loss terms (plus
+    skipped_steps), and adds the step timings to `times`."""
     config = run.config
     loader = epoch_loader(run, epoch)
     run.model.train()
@@ -88,36 +92,70 @@ def train_epoch(
         # them all, e.g. the centroid, which the body always hides
         visibility = keypoints_in_image(keypoints, images.shape[-1], images.shape[-2])
         K = batch["K"].to(run.device)
-        t0 = time.perf_counter()
-        with training_autocast(run):
-            outputs = run.model(images)
-        loss, parts = training_loss(run, outputs, keypoints, visibility, K, x3d, images.shape[-1], phase)
-        synchronize(run.device)
-        t1 = time.perf_counter()
-        run.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        step = training_step(run, scaler, images, keypoints, visibility, K, x3d, phase)
+        if step.skipped:
             skipped += 1  # never let a NaN or inf reach the weights
-            log.warning("epoch %d: non-finite loss %s, step skipped", epoch + 1, float(loss))
+            log.warning("epoch %d: non-finite loss %s, step skipped", epoch + 1, float(step.loss))
             continue
-        scaler.scale(loss).backward()
-        synchronize(run.device)
-        t2 = time.perf_counter()
-        scaler.step(run.optimizer)
-        scaler.update()
-        synchronize(run.device)
-        t3 = time.perf_counter()
-        times.forward += t1 - t0
-        times.backward += t2 - t1
-        times.step += t3 - t2
+        forward_s, backward_s, optimiser_s = step.seconds
+        times.forward += forward_s
+        times.backward += backward_s
+        times.step += optimiser_s
         times.steps += 1
         size = images.shape[0]
         count += size
-        for key, value in {"loss": float(loss.detach()), **parts}.items():
+        for key, value in {"loss": float(step.loss), **step.parts}.items():
             totals[key] = totals.get(key, 0.0) + value * size
-        bar.set_postfix(loss=f"{totals['loss'] / count:.4g}", img_s=f"{size / max(t3 - t0, 1e-9):.1f}")
+        bar.set_postfix(
+            loss=f"{totals['loss'] / count:.4g}", img_s=f"{size / max(sum(step.seconds), 1e-9):.1f}"
+        )
     means = {key: value / max(count, 1) for key, value in totals.items()}
     means["skipped_steps"] = float(skipped)
     return means.pop("loss", math.nan), means
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One training step: its loss (detached), the loss terms, the seconds of forward (with the
+    loss), backward and optimiser step, and whether it was skipped for a non-finite loss."""
+
+    loss: Tensor
+    parts: dict[str, float]
+    seconds: tuple[float, float, float]
+    skipped: bool
+
+
+def training_step(
+    run: TrainingRun,
+    scaler: torch.amp.GradScaler,
+    images: Tensor,
+    keypoints: Tensor,
+    visibility: Tensor,
+    K: Tensor,
+    x3d: Tensor,
+    phase: str,
+) -> StepResult:
+    """One optimiser step of the run's model on a batch: images [B,3,H,W] in [0, 1] (channels_last
+    when the run trains so), keypoints [B,K,2] px with visibility [B,K], K [B,3,3], model keypoints
+    x3d [K,3] metres, all on the run's device. A non-finite loss skips the update (no weight sees
+    a NaN). Times are synchronised with the device."""
+    t0 = time.perf_counter()
+    with training_autocast(run):
+        outputs = run.model(images)
+    loss, parts = training_loss(run, outputs, keypoints, visibility, K, x3d, images.shape[-1], phase)
+    synchronize(run.device)
+    t1 = time.perf_counter()
+    run.optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return StepResult(loss.detach(), parts, (t1 - t0, 0.0, 0.0), True)
+    scaler.scale(loss).backward()
+    synchronize(run.device)
+    t2 = time.perf_counter()
+    scaler.step(run.optimizer)
+    scaler.update()
+    synchronize(run.device)
+    t3 = time.perf_counter()
+    return StepResult(loss.detach(), parts, (t1 - t0, t2 - t1, t3 - t2), False)
 
 
 def training_loss(
@@ -130,6 +168,9 @@ def training_loss(
     image_width: int,
     phase: str,
 ) -> tuple[Tensor, dict[str, float]]:
+    """The loss of `phase` for the raw network outputs (every resolution) and its terms: l_h over
+    every output resolution, and/or the pose loss on the centre-of-mass keypoints through the
+    config's PnP layer (l_proj + l_reg, or beta l_proj in the mixture)."""
     config = run.config
     maps = [o[:, : run.drone.num_keypoints].float() for o in outputs]
     parts: dict[str, float] = {}
@@ -157,11 +198,14 @@ def training_loss(
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that host timings cover it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def epoch_loader(run: TrainingRun, epoch: int) -> DataLoader:
+    """The training loader of an epoch: the augmentation stream set to the epoch and the sample order
+    from (seed, epoch), or a DistributedSampler's share under torchrun."""
     config = run.config
     dataset = run.train_data
     base = dataset.dataset if isinstance(dataset, Subset) else dataset

@@ -167,6 +167,7 @@ def prepare(config: TrainConfig) -> TrainingRun:
 
 
 def network_heatmaps(config: TrainConfig) -> int:
+    """The number of heatmaps the config's network predicts."""
     return int(network_config(config.network).get("heatmaps", 9))
 
 
@@ -200,6 +201,8 @@ def augment_config(config: TrainConfig, drone: DroneModel) -> AugmentConfig:
 
 
 def build_datasets(config: TrainConfig) -> tuple[Dataset, Dataset, DroneModel, tuple[int, int]]:
+    """Training and validation sets (synthetic shards or UAVA), the drone and the image size
+    (width, height); the training set augmented as the config says."""
     data = config.data
     if data.path is not None:
         val_set = ShardDataset(data.path, data.val_split, augment=None, seed=config.seed)

@@ -37,10 +37,13 @@ def selection_score(metrics: dict[str, float], metric: str) -> list[float]:
 
 
 def metric_value(score: list[float], metric: str) -> float:
+    """The selection metric's value from a selection_score (keypoint_px un-negated)."""
     return -score[0] if metric == "keypoint_px" else score[0]
 
 
 def save_state(run: TrainingRun, epoch: int, path: Path) -> None:
+    """The resumable training state after `epoch` (weights, optimiser, SWA average, best score,
+    history) at `path`, written to a temporary name first and then renamed."""
     state = {
         "format": STATE_FORMAT,
         "epoch": epoch,
@@ -61,6 +64,8 @@ RESUMABLE_CHANGES = ("epochs", "amp", "cpu_bf16", "channels_last")
 
 
 def load_state(run: TrainingRun, path: Path) -> None:
+    """Resume `run` from a training state; ValueError when it is not one or when the configuration
+    differs in anything but RESUMABLE_CHANGES."""
     state = torch.load(path, map_location=run.device, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path}: not a drone_pose training state")
@@ -87,6 +92,7 @@ def load_state(run: TrainingRun, path: Path) -> None:
 
 
 def save_best(run: TrainingRun, row: dict[str, Any]) -> None:
+    """The run's network as best.pt, with the validation figures of `row`."""
     save_run_checkpoint(run, run.predictor.network, row, run.config.run_dir() / "best.pt")
 
 
@@ -144,6 +150,7 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def open_tensorboard(run_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter in run_dir/tensorboard, or None when it cannot be opened."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a declared dependency; tolerate a trimmed install

@@ -75,7 +75,10 @@ def test_estimator_recovers_a_known_pose_from_consistent_heatmaps(
     R, t = known_poses(3)
     uv, _ = project_points(drone.keypoints_tensor(torch.float64), R, t, K)
     uv_input = (uv + 0.5) * 0.5 - 0.5  # original (640x480) -> network input (320x240) pixels
-    estimator = PoseEstimator(HeatmapStandIn(uv_input, strides), drone.keypoints, INPUT, warm_up=False)
+    # the stand-in's keypoints live on the CPU: pin the estimator there on machines with a GPU too
+    estimator = PoseEstimator(
+        HeatmapStandIn(uv_input, strides), drone.keypoints, INPUT, device="cpu", warm_up=False
+    )
     result = estimator.estimate(np.zeros((3, 480, 640, 3), np.uint8), K.numpy())
     assert result.valid.all(), result.reasons
     torch.testing.assert_close(result.keypoints, uv, atol=pixel_tolerance, rtol=0)
@@ -113,6 +116,7 @@ def test_pnp_trusts_confident_keypoints_more():
             drone.keypoints,
             INPUT,
             thresholds=EstimatorThresholds(keypoint_confidence_power=power),
+            device="cpu",
             warm_up=False,
         )
         result = estimator.estimate(image, K.numpy())
@@ -135,7 +139,8 @@ def test_poses_the_calibrated_covariance_calls_uncertain_are_rejected():
 
     def estimate(keypoints, **options):
         network = HeatmapStandIn(keypoints, (4,))
-        return PoseEstimator(network, drone.keypoints, INPUT, warm_up=False, **options).estimate(image, K)
+        estimator = PoseEstimator(network, drone.keypoints, INPUT, device="cpu", warm_up=False, **options)
+        return estimator.estimate(image, K)
 
     clean = estimate(uv)
     assert clean.valid.all(), clean.reasons

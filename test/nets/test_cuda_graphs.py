@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from drone_pose.data.synth import render_scene
+from drone_pose.drones import load_drone
 from drone_pose.inference.checkpoint import default_checkpoint
 from drone_pose.inference.estimator import PoseEstimator
 from drone_pose.nets.build import build_network
@@ -59,13 +61,21 @@ def test_replayed_heatmaps_match_eager_per_shape():
 @needs_cuda
 @pytest.mark.parametrize("drone", ["m2ed", "tello"])
 def test_estimator_with_graphs_matches_eager(drone):
-    """The shipped estimators (second pass and flip test on) give the same keypoints either way."""
+    """The shipped estimators give the same keypoints with and without graphs, on a small drone whose
+    second pass runs with the flip test, also after a trip of the model to the CPU and back."""
+    K = np.array([[252.7, 0.0, 160.0], [0.0, 252.7, 120.0], [0.0, 0.0, 1.0]])
+    R = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # facing the camera
+    image = render_scene(load_drone(drone), R, np.array([0.1, 0.05, 3.0]), K, 320, 240, seed=1).image
+    images = np.stack([image, image[:, ::-1]])
     eager = PoseEstimator.from_checkpoint(default_checkpoint(drone), device="cuda", cuda_graphs=False)
     graphed = PoseEstimator.from_checkpoint(default_checkpoint(drone), device="cuda", cuda_graphs=True)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (2, 240, 320, 3), dtype=np.uint8)
-    K = np.array([[252.7, 0.0, 160.0], [0.0, 252.7, 120.0], [0.0, 0.0, 1.0]])
-    for _ in range(2):  # capture, then replay
+    assert graphed.zoom is not None
+    assert graphed.flip_test != "off"
+    for trip in range(3):  # capture, replay, and replay after the model went to the CPU and back
+        if trip == 2:
+            graphed.to("cpu").to("cuda")
         a, b = eager.estimate(images, K), graphed.estimate(images, K)
+        assert b.zoomed.all(), "the second pass (flip test on) must run for this small drone"
         torch.testing.assert_close(b.keypoints, a.keypoints, atol=0.05, rtol=0)
         torch.testing.assert_close(b.confidences, a.confidences, atol=2e-3, rtol=0)
+        assert b.valid.tolist() == a.valid.tolist()

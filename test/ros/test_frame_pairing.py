@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from types import SimpleNamespace
 
@@ -145,9 +146,13 @@ def test_close_wakes_a_waiting_worker():
     taken = []
     worker = threading.Thread(target=lambda: taken.append(mailbox.take(10.0)))
     worker.start()
+    time.sleep(0.2)  # the worker is waiting inside take() by now
     mailbox.close()
     worker.join(timeout=2.0)
     assert not worker.is_alive()
     assert taken == [None]
-    mailbox.reopen()
+    assert mailbox.put(object()), "a closed mailbox drops what it is given"
     assert mailbox.take(0.0) is None
+    mailbox.reopen()
+    assert not mailbox.put(frame := object())
+    assert mailbox.take(0.0) is frame

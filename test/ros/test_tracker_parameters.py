@@ -64,6 +64,7 @@ def test_launch_defaults_come_from_the_table():
         ("min_keypoint_confidence", -0.5, False),
         ("zoom_pass", False, False),
         ("checkpoint", "/elsewhere.pt", True),
+        ("drone_frame", "quadrotor", True),  # read once at start: refused rather than ignored
         ("input_queue_depth", 3, True),
     ],
 )

@@ -121,11 +121,11 @@ def test_swa_averages_the_epochs_weights_resumes_and_ships_a_checkpoint(tiny_dat
 def test_cpu_bf16_on_a_cpu_without_native_bfloat16_warns(tiny_data, tmp_path, monkeypatch, caplog):
     """Emulated bfloat16 is about 10x slower than float32: a run that asks for it there is told so."""
     monkeypatch.setattr("drone_pose.train.preparation.native_cpu_bfloat16", lambda: False)
-    with caplog.at_level("WARNING", logger="drone_pose.train.trainer"):
+    with caplog.at_level("WARNING", logger="drone_pose.train.preparation"):
         prepare(config(tiny_data, tmp_path, "bf16", "cpu_bf16=true"))
     assert "no native bfloat16" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="drone_pose.train.trainer"):
+    with caplog.at_level("WARNING", logger="drone_pose.train.preparation"):
         prepare(config(tiny_data, tmp_path, "fp32"))
     assert "bfloat16" not in caplog.text
 
