@@ -59,20 +59,7 @@ def evaluate_bag(
     K = torch.tensor(np.stack([f["K"] for f in frames]))
     keypoints_gt, _ = project_points(torch.tensor(drone.keypoints, dtype=torch.float64), R_gt, t_gt, K)
     image_sizes = torch.tensor([[f["rgb"].shape[1], f["rgb"].shape[0]] for f in frames])
-    scores = score_estimates(
-        drone,
-        estimate.R,
-        estimate.t,
-        estimate.covariance,
-        estimate.valid,
-        estimate.keypoints,
-        estimate.zoomed,
-        R_gt,
-        t_gt,
-        K,
-        keypoints_gt,
-        image_sizes,
-    )
+    scores = score_estimates(drone, estimate, R_gt, t_gt, K, keypoints_gt, image_sizes)
     out = Path(out)
     label = f"{Path(checkpoint).name} on {Path(bag).name}/{camera}"
     samples = {"stamp_ns": np.array([f["stamp"] for f in frames]), **scores.samples}

@@ -26,6 +26,7 @@ from drone_pose.geometry.metrics import (
     validity_metrics,
 )
 from drone_pose.geometry.pose_covariance import covariance_consistency, pose_error_vectors
+from drone_pose.inference.estimator import PoseEstimate
 
 
 @dataclass(frozen=True)
@@ -50,26 +51,21 @@ class Scores:
 
 def score_estimates(
     drone: DroneModel,
-    R: Tensor,
-    t: Tensor,
-    covariance: Tensor,
-    valid: Tensor,
-    keypoints: Tensor,
-    zoomed: Tensor,
+    estimate: PoseEstimate,
     R_gt: Tensor,
     t_gt: Tensor,
     K: Tensor,
     keypoints_gt: Tensor,
     image_sizes: Tensor,
 ) -> Scores:
-    """Scores of S estimates against their ground truth (all tensors on the CPU).
-
-    Estimates: R [S,3,3], t [S,3] metres (camera optical <- drone body), covariance [S,6,6] (as
-    published), valid [S] bool, keypoints [S,K,2] px, zoomed [S] bool. Ground truth: R_gt, t_gt,
+    """Scores of the S estimates of `estimate` (the estimator's output for S frames, on the CPU)
+    against their ground truth: R_gt [S,3,3], t_gt [S,3] metres (camera optical <- drone body),
     intrinsics K [S,3,3], keypoints_gt [S,K,2] px (the model keypoints projected at the true pose),
     image_sizes [S,2] (width, height) px: keypoints outside their image are not scored.
     """
-    R, t, R_gt, t_gt, K = (x.double() for x in (R, t, R_gt, t_gt, K))
+    valid, keypoints, covariance = estimate.valid, estimate.keypoints, estimate.covariance
+    zoomed = estimate.zoomed if estimate.zoomed is not None else torch.zeros_like(valid, dtype=torch.bool)
+    R, t, R_gt, t_gt, K = (x.double() for x in (estimate.R, estimate.t, R_gt, t_gt, K))
     x3d = torch.tensor(drone.keypoints, dtype=torch.float64)
     errors = pose_errors(R, t, R_gt, t_gt, x3d, K)
     metrics = summarize_errors(errors, drone.diagonal)

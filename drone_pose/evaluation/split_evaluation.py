@@ -80,20 +80,7 @@ def evaluate_checkpoint(
     elapsed = time.perf_counter() - started
     estimate = PoseEstimate.concatenate(estimates)
     R_gt, t_gt, K_all, keypoints_gt, image_sizes = (torch.cat(truth[key]) for key in truth)
-    scores = score_estimates(
-        drone,
-        estimate.R,
-        estimate.t,
-        estimate.covariance,
-        estimate.valid,
-        estimate.keypoints,
-        estimate.zoomed,
-        R_gt,
-        t_gt,
-        K_all,
-        keypoints_gt,
-        image_sizes,
-    )
+    scores = score_estimates(drone, estimate, R_gt, t_gt, K_all, keypoints_gt, image_sizes)
     metrics = scores.metrics
     label = f"{Path(checkpoint).name} on {Path(data).name}/{split}"
     samples = len(R_gt)
