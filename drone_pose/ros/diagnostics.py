@@ -23,9 +23,8 @@ class RateWindow:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._since = clock()
-        self._base = (0, 0)
         self.latencies_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self.restart()
 
     def restart(self) -> None:
         """Count rates from now on (a configure); the latency window is kept."""
