@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from drone_pose.ros.frame_pairing import FrameMailbox, FramePairing
+from drone_pose.ros.frame_pairing import FrameMailbox, FramePairing, StampOrder
 
 K = (250.0, 0.0, 160.0, 0.0, 250.0, 120.0, 0.0, 0.0, 1.0)
 
@@ -36,12 +36,15 @@ class Clock:
         return self.now
 
 
+S = 1_000_000_000  # one second in ns
+
+
 @pytest.fixture
 def pairing():
     rejected: list[str] = []
     clock = Clock()
     counters: Counter[str] = Counter()
-    pairing = FramePairing(0.1, counters, rejected.append, clock=clock)
+    pairing = FramePairing(0.1, counters, rejected.append, clock=clock, clock_reset_tolerance_s=1.0)
     return pairing, rejected, clock, counters
 
 
@@ -156,3 +159,98 @@ def test_close_wakes_a_waiting_worker():
     mailbox.reopen()
     assert not mailbox.put(frame := object())
     assert mailbox.take(0.0) is frame
+
+
+def send(pairing: FramePairing, stamp: int, value: int = 0) -> None:
+    """A camera driver's frame: its CameraInfo, then the image of the same stamp."""
+    pairing.add_camera_info(info(stamp))
+    pairing.add_image(image(value), header(stamp))
+
+
+def test_a_looped_bag_is_a_clock_reset_and_processing_carries_on():
+    """Stamps 10..12 s, then 10..12 s again (a bag replayed in a loop): every frame of the second
+    pass is paired, the jump is counted once and reported once."""
+    rejected, resets, counters = [], [], Counter()
+    pairing = FramePairing(
+        0.1, counters, rejected.append, on_clock_reset=lambda previous, stamp: resets.append((previous, stamp))
+    )
+    taken = []
+    for _ in range(2):
+        for stamp in (10 * S, 11 * S, 12 * S):
+            send(pairing, stamp, value=stamp // S)
+            taken.append(pairing.mailbox.take(0.0).rgb[0, 0, 0])
+    assert taken == [10, 11, 12, 10, 11, 12]
+    assert rejected == []
+    assert counters["clock_resets"] == 1
+    assert resets == [(12 * S, 10 * S)]
+
+
+def test_duplicates_and_small_reorders_are_still_rejected(pairing):
+    pairing, rejected, _, counters = pairing
+    send(pairing, 10 * S)
+    send(pairing, 10 * S)  # duplicate
+    send(pairing, 10 * S - S // 2)  # 0.5 s older: a reorder within the 1 s tolerance
+    send(pairing, 11 * S)
+    assert rejected == ["stamp_not_increasing", "stamp_not_increasing"]
+    assert counters["clock_resets"] == 0
+
+
+def test_a_driver_that_stamps_zero_is_not_rejected_forever(pairing):
+    """A stream stamped 0 throughout: every frame is paired (zero: no stamp, no order to check);
+    stamps falling back to 0 from a running clock are one reset."""
+    pairing, rejected, _, counters = pairing
+    for value in range(3):
+        send(pairing, 0, value)
+        assert pairing.mailbox.take(0.0).rgb[0, 0, 0] == value
+    assert counters["clock_resets"] == 0
+    send(pairing, 5 * S)
+    pairing.mailbox.take(0.0)
+    for value in range(3):
+        send(pairing, 0, value)
+        assert pairing.mailbox.take(0.0).rgb[0, 0, 0] == value
+    assert rejected == []
+    assert counters["clock_resets"] == 1
+
+
+def test_a_reset_forgets_the_camera_info_of_the_old_timeline(pairing):
+    """After a restart (stamps from 100 s back to 1 s), the image waits for its own CameraInfo: the
+    old timeline's is forgotten, and the image that was waiting when the clock jumped is paired."""
+    pairing, rejected, clock, counters = pairing
+    pairing.add_camera_info(info(100 * S, k=(300.0, 0, 160, 0, 300.0, 120, 0, 0, 1)))
+    pairing.add_image(image(1), header(101 * S))  # waits for CameraInfo 101 s
+    pairing.add_image(image(2), header(1 * S))  # the driver restarted
+    assert pairing.mailbox.take(0.0).rgb[0, 0, 0] == 1  # the waiting image took the newest CameraInfo
+    assert pairing.mailbox.take(0.0) is None  # no CameraInfo of the new timeline yet
+    clock.now = 1.0
+    pairing.flush_expired()
+    assert rejected == ["missing_camera_info"]
+    assert counters["clock_resets"] == 1
+    pairing.add_camera_info(info(2 * S))
+    pairing.add_image(image(3), header(2 * S))
+    assert pairing.mailbox.take(0.0).K[0, 0] == 250.0
+
+
+def test_camera_info_jumping_back_drops_the_old_timeline(pairing):
+    """CameraInfo restarts before the images do: the old timeline's CameraInfo (same stamps as the
+    new) is no longer what an image pairs with."""
+    pairing, rejected, _, _ = pairing
+    pairing.add_camera_info(info(5 * S, k=(300.0, 0, 160, 0, 300.0, 120, 0, 0, 1)))
+    pairing.add_camera_info(info(50 * S, k=(300.0, 0, 160, 0, 300.0, 120, 0, 0, 1)))
+    pairing.add_camera_info(info(5 * S))  # new timeline
+    pairing.add_image(image(), header(5 * S))
+    assert pairing.mailbox.take(0.0).K[0, 0] == 250.0
+    assert rejected == []
+
+
+@pytest.mark.parametrize(
+    ("stamps", "verdicts"),
+    [
+        ([1, 2, 3], ["in_order"] * 3),
+        ([5 * S, 5 * S, 4 * S + 1], ["in_order", "not_increasing", "not_increasing"]),
+        ([5 * S, 3 * S, 4 * S], ["in_order", "clock_reset", "in_order"]),
+        ([5, 0, 0, 7], ["in_order", "clock_reset", "in_order", "in_order"]),
+    ],
+)
+def test_stamp_order(stamps, verdicts):
+    order = StampOrder(tolerance_ns=S)
+    assert [order.check(stamp).value for stamp in stamps] == verdicts
