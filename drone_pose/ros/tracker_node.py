@@ -74,7 +74,10 @@ class TrackerNode(LifecycleNode):
         self.last_rejection = ""
         self.rates = RateWindow()
         self.pairing = FramePairing(
-            float(self.get_parameter("camera_info_wait_s").value), self.counters, self._reject
+            float(self.get_parameter("camera_info_wait_s").value),
+            self.counters,
+            self._reject,
+            on_clock_reset=self._on_clock_reset,
         )
         self._running = False
         self._worker: threading.Thread | None = None
@@ -267,6 +270,12 @@ class TrackerNode(LifecycleNode):
     def _reject(self, reason: str) -> None:
         self.counters[f"rejected_{reason}"] += 1
         self.last_rejection = reason
+
+    def _on_clock_reset(self, previous_ns: int, stamp_ns: int) -> None:
+        self.get_logger().warning(
+            f"clock reset: image stamps jumped back from {previous_ns / 1e9:.3f} s to {stamp_ns / 1e9:.3f} s;"
+            " frame pairing starts again (counted in clock_resets)"
+        )
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.pairing.add_camera_info(msg)

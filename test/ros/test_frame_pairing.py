@@ -172,7 +172,10 @@ def test_a_looped_bag_is_a_clock_reset_and_processing_carries_on():
     pass is paired, the jump is counted once and reported once."""
     rejected, resets, counters = [], [], Counter()
     pairing = FramePairing(
-        0.1, counters, rejected.append, on_clock_reset=lambda previous, stamp: resets.append((previous, stamp))
+        0.1,
+        counters,
+        rejected.append,
+        on_clock_reset=lambda previous, stamp: resets.append((previous, stamp)),
     )
     taken = []
     for _ in range(2):
