@@ -24,9 +24,7 @@ def test_the_model_is_drawn_through_the_lens_distortion():
     def on_the_outline(canvas: np.ndarray, uv: np.ndarray) -> float:
         """Fraction of the points uv [N,2] within 1 px of a drawn (anti-aliased) pixel."""
         ink = canvas.any(axis=-1)
-        ink = np.maximum.reduce(
-            [np.roll(ink, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-        )
+        ink = np.maximum.reduce([np.roll(ink, (dy, dx), (0, 1)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
         u, v = np.round(uv).astype(int).T
         inside = (u >= 0) & (u < 640) & (v >= 0) & (v < 480)
         return float(ink[v[inside], u[inside]].mean())
