@@ -3,17 +3,19 @@
 The one inference path shared by the ROS node, bag evaluation, the demo and the tests:
 resize to the network input -> normalise -> heatmap network -> (HigherHRNet: average of the
 upsampled 1/4 maps and the 1/2 maps) -> sub-pixel decoding -> keypoints in the original image ->
-PnP with the given K. Images of any size are resized, and keypoints are mapped back to the
-original pixels exactly, so the caller's K is used unchanged; PnP weighs each keypoint by its
-heatmap confidence (keypoint_weights). With zoom settings (a checkpoint's
+(with a lens distortion: undistorted, drone_pose.geometry.distortion) -> PnP with the given K.
+Images of any size are resized, and keypoints are mapped back to the original pixels exactly, so
+the caller's K is used unchanged; PnP weighs each keypoint by its heatmap confidence
+(keypoint_weights). With zoom settings (a checkpoint's
 input.zoom, or given), drones smaller than the zoom target get a second network pass on an
 enlarged window around them (drone_pose.nets.zoom) before PnP.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drone_pose.geometry.camera import project_points, validate_intrinsics
+from drone_pose.geometry.distortion import Distortion, per_image, undistort_pixels
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.inference.checkpoint import (
     DEFAULT_DRONE,
@@ -124,7 +127,9 @@ class PoseEstimate:
     reprojection_rms [B] px; valid [B] bool; reasons: per image "" when valid, else why not
     (low_confidence, solver_<status>, high_reprojection_error, uncertain_pose);
     timings_ms: stage -> milliseconds for the whole batch; zoomed [B] bool: keypoints from the
-    zoomed second pass (all False without zoom settings).
+    zoomed second pass (all False without zoom settings); undistorted_keypoints [B,K,2]: with a
+    lens distortion, the keypoints in the ideal pinhole image of K, which PnP solved on and
+    reprojection_rms measures (keypoints stay in the distorted image); None without one.
     """
 
     keypoints: Tensor
@@ -137,6 +142,7 @@ class PoseEstimate:
     reasons: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
     zoomed: Tensor | None = None
+    undistorted_keypoints: Tensor | None = None
 
     @staticmethod
     def concatenate(estimates: list[PoseEstimate]) -> PoseEstimate:
@@ -148,7 +154,20 @@ class PoseEstimate:
         zoomed = torch.cat(
             [torch.zeros(len(e.valid), dtype=torch.bool) if e.zoomed is None else e.zoomed for e in estimates]
         )
-        return PoseEstimate(reasons=[r for e in estimates for r in e.reasons], zoomed=zoomed, **tensors)
+        undistorted = None
+        if any(e.undistorted_keypoints is not None for e in estimates):
+            undistorted = torch.cat(
+                [
+                    e.keypoints if e.undistorted_keypoints is None else e.undistorted_keypoints
+                    for e in estimates
+                ]
+            )
+        return PoseEstimate(
+            reasons=[r for e in estimates for r in e.reasons],
+            zoomed=zoomed,
+            undistorted_keypoints=undistorted,
+            **tensors,
+        )
 
 
 class PoseEstimator:
@@ -252,24 +271,44 @@ class PoseEstimator:
         )
 
     @torch.inference_mode()
-    def estimate(self, images: np.ndarray | Tensor, K: np.ndarray | Tensor) -> PoseEstimate:
+    def estimate(
+        self,
+        images: np.ndarray | Tensor,
+        K: np.ndarray | Tensor,
+        distortion: Distortion | Sequence[Distortion | None] | None = None,
+    ) -> PoseEstimate:
         """Poses for uint8 RGB images [B,H,W,3] (or one [H,W,3]) with intrinsics K [3,3] or [B,3,3].
+
+        distortion: the camera's lens distortion (drone_pose.geometry.distortion), one for the batch
+        or one (or None) per image; None for undistorted (or rectified) images. With a distortion,
+        the keypoints found in the image are undistorted to the ideal pinhole camera of K before
+        PnP; the returned keypoints stay in the (distorted) image, so overlays match it, and
+        undistorted_keypoints holds what PnP solved on.
 
         Four stages: preprocess (images to the network input), keypoints (network, decode and the
         zoomed second pass), PnP (confidence-weighted, with the reprojection RMS) and the verdicts
         (the validity rules of `thresholds`). timings_ms has preprocess, network, decode, zoom (when
-        it runs), pnp and total.
+        it runs), undistort (when a distortion is given), pnp and total.
         """
         thresholds = self.thresholds  # read once: the node may replace them from another thread
         timings: dict[str, float] = {}
         start = self._clock()
         batch = self._preprocess(images, K)
+        models = per_image(distortion, batch.K.shape[0])
         timings["preprocess"] = self._clock() - start
         keypoints, confidences, zoomed = self._keypoints(batch, thresholds, timings)
+        pinhole_keypoints, pnp_confidences = keypoints, confidences
+        if models is not None:
+            start = self._clock()
+            undistorted, invertible = undistort_pixels(keypoints, batch.K, models)
+            # where the camera model cannot be inverted, the keypoint takes no part in the pose
+            pinhole_keypoints = torch.where(invertible[..., None], undistorted, keypoints)
+            pnp_confidences = torch.where(invertible, confidences, torch.full_like(confidences, -math.inf))
+            timings["undistort"] = self._clock() - start
         start = self._clock()
-        result = keypoint_pnp(keypoints, confidences, self.keypoints_3d, batch.K, thresholds)
-        confident = confidences >= thresholds.min_keypoint_confidence
-        rms = reprojection_rms(self.keypoints_3d, result, batch.K, keypoints, confident)
+        result = keypoint_pnp(pinhole_keypoints, pnp_confidences, self.keypoints_3d, batch.K, thresholds)
+        confident = pnp_confidences >= thresholds.min_keypoint_confidence
+        rms = reprojection_rms(self.keypoints_3d, result, batch.K, pinhole_keypoints, confident)
         timings["pnp"] = self._clock() - start
         covariance = self.covariance_scales.apply(result.covariance)
         reasons = pose_verdicts(confident, result, rms, position_std(covariance), thresholds)
@@ -285,6 +324,7 @@ class PoseEstimator:
             reasons,
             timings,
             zoomed,
+            None if models is None else pinhole_keypoints,
         )
 
     def _preprocess(self, images: np.ndarray | Tensor, K: np.ndarray | Tensor) -> _Batch:

@@ -6,8 +6,10 @@ import functools
 
 import cv2
 import numpy as np
+import torch
 
 from drone_pose.drones import DroneModel
+from drone_pose.geometry.distortion import Distortion, distort_pixels
 
 MODEL_COLOUR = (0, 200, 0)
 KEYPOINT_COLOUR = (255, 40, 40)
@@ -32,10 +34,13 @@ def draw_pose_overlay(
     confidences: np.ndarray | None = None,
     truth: np.ndarray | None = None,
     scale: int = 1,
+    distortion: Distortion | None = None,
 ) -> np.ndarray:
     """A copy of the RGB image [H,W,3] uint8 (upscaled by `scale`) with the model edges projected at
     the pose (R [3,3], t [3], camera <- drone; green), predicted keypoints [K,2] px (red, with their
-    confidences as text when given) and true keypoints [K,2] (blue)."""
+    confidences as text when given) and true keypoints [K,2] (blue). With the camera's lens
+    `distortion` the model is drawn where the distorted image shows it; keypoints are image pixels
+    either way."""
     canvas = (
         cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
         if scale != 1
@@ -45,7 +50,13 @@ def draw_pose_overlay(
     p = drone.vertices @ np.asarray(R, np.float64).T + np.asarray(t, np.float64)
     if np.isfinite(p).all() and (p[:, 2] > 0).all():
         uvw = p @ np.asarray(K, np.float64).T
-        uv = np.round((uvw[:, :2] / uvw[:, 2:3] + 0.5) * scale - 0.5).astype(np.int32)
+        ideal = uvw[:, :2] / uvw[:, 2:3]
+        if distortion is not None:
+            K64 = torch.as_tensor(np.asarray(K, np.float64))
+            ideal = distort_pixels(torch.from_numpy(ideal)[None], K64, distortion)[0].numpy()
+        uv = np.round((np.clip(np.nan_to_num(ideal, nan=-1e6), -1e6, 1e6) + 0.5) * scale - 0.5).astype(
+            np.int32
+        )
         for a, b in _edges(drone):
             cv2.line(canvas, tuple(map(int, uv[a])), tuple(map(int, uv[b])), MODEL_COLOUR, 1, cv2.LINE_AA)
     for points, colour in ((truth, TRUTH_COLOUR), (keypoints, KEYPOINT_COLOUR)):

@@ -1,7 +1,8 @@
 """Images paired with their CameraInfo by stamp, validated, and parked in a one-slot mailbox.
 
 Plain Python (no rclpy), so a second node can reuse it and tests need no DDS. Messages are used
-through their fields only: a CameraInfo has `k` (9 numbers), `width`, `height` and `header`; an
+through their fields only: a CameraInfo has `k` (9 numbers), `distortion_model` and `d` (optional:
+a pinhole camera without them), `width`, `height` and `header`; an
 image arrives as RGB pixels [H,W,3] uint8 with its header (`stamp.sec`, `stamp.nanosec`).
 
 Rules: topics arrive in either order. An image whose CameraInfo of the same stamp has already
@@ -26,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from drone_pose.geometry.distortion import Distortion, distortion_or_none
+
 CAMERA_INFO_HISTORY = 64
 CLOCK_RESET_TOLERANCE_S = 1.0
 # Reasons FramePairing rejects an image for (the node adds its decoding rejections).
@@ -42,12 +45,13 @@ MIN_IMAGE_SIDE_PX = 8
 @dataclass
 class Frame:
     """A validated input: RGB pixels [H,W,3] uint8, intrinsics K [3,3], header, receive time (s,
-    the pairing's clock)."""
+    the pairing's clock) and the lens distortion of the CameraInfo (None: a pinhole camera)."""
 
     rgb: np.ndarray
     K: np.ndarray
     header: Any
     received: float
+    distortion: Distortion | None = None
 
 
 def stamp_ns(header: Any) -> int:
@@ -99,6 +103,17 @@ class StampOrder:
     def reset(self) -> None:
         """Forget the stamps seen (the next one is in order)."""
         self.newest = None
+
+
+def distortion_of(info: Any) -> Distortion | None:
+    """The lens distortion of a CameraInfo (`distortion_model`, `d`), None for a pinhole camera (no
+    model and no coefficients, or all coefficients 0); ValueError when the model is not supported or
+    a coefficient is not finite (drone_pose.geometry.distortion)."""
+    model = str(getattr(info, "distortion_model", ""))
+    try:
+        return distortion_or_none(model, np.asarray(getattr(info, "d", ()), dtype=np.float64))
+    except ValueError as error:
+        raise ValueError(f"camera_info {error}") from error
 
 
 class FrameMailbox:
@@ -256,6 +271,7 @@ class FramePairing:
         """Validate an image with its CameraInfo and park it in the mailbox."""
         try:
             K = intrinsics_of(info)
+            distortion = distortion_of(info)
         except ValueError:
             self._reject("bad_camera_info")
             return
@@ -265,5 +281,5 @@ class FramePairing:
         if min(rgb.shape[:2]) < MIN_IMAGE_SIDE_PX:
             self._reject("image_too_small")
             return
-        if self.mailbox.put(Frame(np.ascontiguousarray(rgb), K, header, received)):
+        if self.mailbox.put(Frame(np.ascontiguousarray(rgb), K, header, received, distortion)):
             self.counters["frames_dropped"] += 1

@@ -314,7 +314,7 @@ class TrackerNode(LifecycleNode):
                 self.get_logger().error(f"estimation failed: {type(error).__name__}: {error}")
 
     def _process(self, frame: Frame) -> None:
-        result = self.estimator.estimate(frame.rgb, frame.K)
+        result = self.estimator.estimate(frame.rgb, frame.K, frame.distortion)
         self.counters["frames_processed"] += 1
         self.counters["frames_zoomed"] += int(result.zoomed[0])
         if self.overlay_publisher.get_subscription_count() > 0:  # drawn only while someone watches
@@ -371,6 +371,7 @@ class TrackerNode(LifecycleNode):
             frame.K,
             result.keypoints[0].numpy(),
             confidences=result.confidences[0].numpy(),
+            distortion=frame.distortion,
         )
         self.overlay_publisher.publish(
             numpy_to_image(overlay, "rgb8", frame.header.stamp, frame.header.frame_id)

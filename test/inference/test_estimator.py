@@ -13,6 +13,7 @@ from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.generate import generate_dataset
 from drone_pose.drones import load_drone
 from drone_pose.geometry.camera import PinholeCamera, project_points
+from drone_pose.geometry.distortion import Distortion
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.geometry.rotations import axis_angle_to_matrix
 from drone_pose.inference.checkpoint import CheckpointError, make_checkpoint, save_checkpoint
@@ -288,3 +289,56 @@ def test_the_second_pass_works_on_images_larger_than_the_network_input(small_dro
     assert large_error < 1.3 * keypoint_error_px(small_result, truth) + 0.2
     rotation, _ = pose_errors_deg_m(large_result.R, large_result.t, small_result.R, small_result.t)
     assert float(rotation.median()) < 5.0
+
+
+def test_distortion_is_undistorted_before_pnp_and_keypoints_stay_in_the_image():
+    """Off-centre drones seen through a wide-angle lens (plumb_bob, as cv2.projectPoints draws
+    them): honouring the distortion recovers the pose; ignoring it (the pinhole path) is far off."""
+    drone = load_drone("m2ed")
+    K = PinholeCamera.uava().resized(640, 480).K(torch.float64)
+    distortion = Distortion("plumb_bob", (-0.28, 0.07, 0.0005, -0.0003, 0.0))
+    R, _ = known_poses(3)
+    t = torch.tensor([[0.7, -0.45, 1.6], [-0.9, 0.6, 2.5], [0.45, 0.35, 1.2]], dtype=torch.float64)
+    rotation_vectors = [cv2.Rodrigues(r.numpy())[0] for r in R]
+    distorted = torch.stack(
+        [
+            torch.from_numpy(
+                cv2.projectPoints(
+                    drone.keypoints, rvec, tb.numpy(), K.numpy(), np.asarray(distortion.coefficients)
+                )[0].reshape(-1, 2)
+            )
+            for rvec, tb in zip(rotation_vectors, t, strict=True)
+        ]
+    )
+    pinhole, _ = project_points(drone.keypoints_tensor(torch.float64), R, t, K)
+    assert (distorted - pinhole).norm(dim=-1).max() > 10  # the lens moves keypoints by many pixels
+    estimator = PoseEstimator(
+        HeatmapStandIn((distorted + 0.5) * 0.5 - 0.5, (4,)),
+        drone.keypoints,
+        INPUT,
+        device="cpu",
+        warm_up=False,
+    )
+    images = np.zeros((3, 480, 640, 3), np.uint8)
+    honoured = estimator.estimate(images, K.numpy(), distortion)
+    ignored = estimator.estimate(images, K.numpy())
+    assert honoured.valid.all(), honoured.reasons
+    torch.testing.assert_close(honoured.keypoints, distorted, atol=0.02, rtol=0)  # the image's own pixels
+    torch.testing.assert_close(honoured.undistorted_keypoints, pinhole, atol=0.05, rtol=0)  # what PnP saw
+    assert ignored.undistorted_keypoints is None
+    assert "undistort" in honoured.timings_ms
+    assert "undistort" not in ignored.timings_ms
+    rotation, translation = pose_errors_deg_m(honoured.R, honoured.t, R, t)
+    rotation_ignored, translation_ignored = pose_errors_deg_m(ignored.R, ignored.t, R, t)
+    assert rotation.max() < 0.2
+    assert (translation / t.norm(dim=-1)).max() < 0.002
+    assert (rotation < 0.1 * rotation_ignored).all(), (rotation, rotation_ignored)
+    assert (translation < 0.1 * translation_ignored).all(), (translation, translation_ignored)
+    assert (honoured.reprojection_rms < 0.1).all()
+    # one model per image: the pinhole image of the batch is solved on its keypoints as they are
+    mixed = estimator.estimate(images, K.numpy(), [distortion, None, distortion])
+    torch.testing.assert_close(mixed.R[[0, 2]], honoured.R[[0, 2]])
+    torch.testing.assert_close(mixed.R[1], ignored.R[1])
+    torch.testing.assert_close(mixed.undistorted_keypoints[1], mixed.keypoints[1])
+    with pytest.raises(ValueError, match="got 3 images but 2 distortions"):
+        estimator.estimate(images, K.numpy(), [distortion, None])
