@@ -15,6 +15,7 @@ from drone_pose.cli import (
     ros_commands,
     training_commands,
 )
+from drone_pose.cli.signals import run_stoppable
 
 COMMAND_MODULES = (
     data_commands,
@@ -39,4 +40,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `drone-pose` with `argv` (default: sys.argv[1:]); returns the exit status."""
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    return run_stoppable(lambda: int(args.run(args)))  # SIGTERM stops a command as Ctrl-C does

@@ -84,7 +84,11 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
     synth = commands.add_parser("synth", help="render a synthetic UAVA-like dataset (sharded, split)")
     synth.add_argument("--drone", default="m2ed", help="built-in drone name or drone YAML path")
     synth.add_argument("--count", type=int, default=1000)
-    synth.add_argument("--out", required=True, help="output folder (created; must be empty)")
+    synth.add_argument(
+        "--out",
+        required=True,
+        help="output folder (created; must be empty, or an interrupted synth with these settings: resumed)",
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, help="processes (default: one per core)")
     synth.add_argument("--shard-size", type=int, default=256)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from drone_pose.train.config import load_config
+    from drone_pose.train.run_state import place_in_run_folder
     from drone_pose.train.trainer import train
 
     config = load_config(args.config, args.overrides)  # fails here, before any data is read
-    summary = train(config, resume=args.resume, progress=not args.no_progress)
+    config = place_in_run_folder(config, args.config, args.overrides)
+    summary = train(config, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if summary["rank"] != 0:
         return 0  # under torchrun only rank 0 reports
     last = summary["history"][-1] if summary["history"] else {}
@@ -37,7 +39,16 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train a keypoint network (config YAML + key=value overrides)")
     train.add_argument("--config", help="experiment YAML (config/train/*.yaml); default: built-in defaults")
     train.add_argument("overrides", nargs="*", help="overrides such as epochs=2 loss.kind=pose data.path=DIR")
-    train.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its last.pt (a moved run: --config RUN_DIR/config.yaml)",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a RUN_DIR that holds a run, replacing its files",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=_cmd_train)
 

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from drone_pose.data.poses import PoseSamplingConfig, apparent_size_px, sample_poses
-from drone_pose.data.shards import FORMAT, INDEX_FILE, VERSION, encode_shard, write_shard
+from drone_pose.data.shards import FORMAT, INDEX_FILE, VERSION, encode_shard, read_shard, write_shard
 from drone_pose.data.synth import SceneConfig, check_camera, render_scene
+from drone_pose.data.synth_progress import SynthFolderError, open_output, synth_settings
 from drone_pose.drones import DroneModel, load_drone
 from drone_pose.geometry.camera import PinholeCamera
 
@@ -34,6 +35,10 @@ class GenerationJob:
     number: int
     first: int
     count: int
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.split}-{self.number:05d}.npz"
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,16 @@ def render_sample(spec: GenerationSpec, index: int, drone: DroneModel | None = N
     """Render sample `index` of the dataset described by spec (pose and scene from (seed, index))."""
     drone = drone or load_drone(spec.drone)
     K = np.array(spec.K)
-    pose_seed, scene_seed = np.random.SeedSequence((spec.seed, index)).spawn(2)
-    poses = sample_poses(drone, K, spec.width, spec.height, 1, np.random.default_rng(pose_seed), spec.poses)
+    poses, scene_seed = _sample_pose(spec, index, drone)
     scene = render_scene(drone, poses.R[0], poses.t[0], K, spec.width, spec.height, scene_seed, spec.scene)
     return {"scene": scene, "tilt_deg": float(poses.tilt_deg[0])}
+
+
+def _sample_pose(spec: GenerationSpec, index: int, drone: DroneModel) -> tuple[Any, np.random.SeedSequence]:
+    """Sample `index`'s pose (PoseSamples of one) and the seed of its scene."""
+    pose_seed, scene_seed = np.random.SeedSequence((spec.seed, index)).spawn(2)
+    rng = np.random.default_rng(pose_seed)
+    return sample_poses(drone, np.array(spec.K), spec.width, spec.height, 1, rng, spec.poses), scene_seed
 
 
 def _render_shard(arguments: tuple[GenerationSpec, GenerationJob]) -> dict[str, Any]:
@@ -80,20 +91,35 @@ def _render_shard(arguments: tuple[GenerationSpec, GenerationJob]) -> dict[str, 
         np.arange(job.first, job.first + job.count),
         spec.lossless,
     )
-    name = f"{job.split}-{job.number:05d}.npz"
+    name = job.file_name
     write_shard(Path(spec.out) / name, arrays)
-    bbox = arrays["bbox"]
+    return _shard_result(spec, job, drone, arrays, [s["tilt_deg"] for s in samples])
+
+
+def _shard_result(
+    spec: GenerationSpec, job: GenerationJob, drone: DroneModel, arrays: Any, tilt_deg: list[float]
+) -> dict[str, Any]:
+    """A shard's entry for dataset.json and its scale figures, from its arrays (a dict or a Shard)."""
+    t, bbox, visibility = arrays["t"], arrays["bbox"], arrays["visibility"]
     return {
         "split": job.split,
         "number": job.number,
-        "file": name,
+        "file": job.file_name,
         "count": job.count,
-        "size_px": apparent_size_px(drone, arrays["t"], np.array(spec.K)).tolist(),
-        "distance_m": np.linalg.norm(arrays["t"], axis=1).tolist(),
-        "tilt_deg": [s["tilt_deg"] for s in samples],
-        "visible_keypoints": arrays["visibility"].mean(1).tolist(),
+        "size_px": apparent_size_px(drone, t, np.array(spec.K)).tolist(),
+        "distance_m": np.linalg.norm(t, axis=1).tolist(),
+        "tilt_deg": tilt_deg,
+        "visible_keypoints": visibility.mean(1).tolist(),
         "bbox_px": np.maximum(bbox[:, 2] - bbox[:, 0], bbox[:, 3] - bbox[:, 1]).tolist(),
     }
+
+
+def _complete_shard_result(spec: GenerationSpec, job: GenerationJob, drone: DroneModel) -> dict[str, Any]:
+    """The result of a shard a resumed run found complete: its figures as rendering gave them."""
+    shard = read_shard(Path(spec.out) / job.file_name)
+    arrays = {"t": shard.t, "bbox": shard.bbox, "visibility": shard.visibility}
+    tilt = [float(_sample_pose(spec, job.first + i, drone)[0].tilt_deg[0]) for i in range(job.count)]
+    return _shard_result(spec, job, drone, arrays, tilt)
 
 
 def plan_jobs(count: int, fractions: tuple[float, float, float], shard_size: int) -> list[GenerationJob]:
@@ -131,16 +157,18 @@ def generate_dataset(
     progress: bool = True,
     lossless: bool = False,
 ) -> dict[str, Any]:
-    """Render `count` samples into `out` (created; must be empty or absent) and write dataset.json.
+    """Render `count` samples into `out` and write dataset.json.
 
-    Returns the index written to dataset.json, with scale statistics and the throughput.
+    `out` is created, or must be empty, or holds an interrupted synth with the same settings, which
+    is resumed (drone_pose.data.synth_progress): the result equals an uninterrupted run's. Returns
+    the index written to dataset.json, with scale statistics and the throughput.
     """
     if not str(out).strip():
         raise ValueError("the output directory path is empty")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} exists and is not an empty directory")
-    load_drone(drone)  # fail now for an unknown drone
+    if out.exists() and not out.is_dir():
+        raise SynthFolderError(f"{out} exists and is not a directory")
+    drone_model = load_drone(drone)  # fail now for an unknown drone
     uava = PinholeCamera.uava()
     width, height = width or uava.width, height or uava.height
     if K is None:
@@ -158,19 +186,27 @@ def generate_dataset(
         poses or PoseSamplingConfig(),
         lossless,
     )
-    out.mkdir(parents=True, exist_ok=True)
+    settings = synth_settings(
+        drone, count, seed, fractions, shard_size, width, height, K, spec.scene, spec.poses, lossless
+    )
+    planned = {job.file_name: range(job.first, job.first + job.count) for job in jobs}
+    complete = set(open_output(out, settings, planned))
+    results = [_complete_shard_result(spec, job, drone_model) for job in jobs if job.file_name in complete]
+    jobs = [job for job in jobs if job.file_name not in complete]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
 
     start = time.perf_counter()
-    results = []
     from tqdm import tqdm
 
-    with tqdm(total=count, unit="img", desc=f"synth {drone}", disable=not progress) as bar:
+    rendered = sum(job.count for job in jobs)
+    with tqdm(
+        total=count, initial=count - rendered, unit="img", desc=f"synth {drone}", disable=not progress
+    ) as bar:
         if workers == 1:
             for job in jobs:
                 results.append(_render_shard((spec, job)))
                 bar.update(job.count)
-        else:
+        elif jobs:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 for result in pool.imap_unordered(_render_shard, [(spec, job) for job in jobs]):
                     results.append(result)
@@ -194,8 +230,9 @@ def generate_dataset(
         "statistics": _statistics(results),
         "generation": {
             "seconds": round(seconds, 2),
-            "images_per_s": round(count / seconds, 1),
+            "images_per_s": round(rendered / max(seconds, 1e-9), 1),
             "workers": workers,
+            "resumed_shards": len(complete),
         },
     }
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))

@@ -3,6 +3,8 @@
 DIR/dataset.json  {"format": "drone_pose.synthetic", "version": 1, "drone", "camera": {width, height,
                   K}, "seed", "count", "splits": {split: [{"file", "count"}]}, "scene", "poses",
                   "statistics"}
+DIR/synth_settings.json  the settings it is rendered with, written first: an interrupted synth
+                  resumes from them (drone_pose.data.synth_progress)
 DIR/<split>-<nnnnn>.npz, one per shard, uncompressed zip of:
     encoded [bytes] uint8, offsets [n+1] int64     the RGB images as concatenated JPEG (q 95) or PNG files
     mask_bits [n, ceil(H*W/8)] uint8               visible-drone masks, np.packbits of [H,W] bool
@@ -136,7 +138,10 @@ def read_index(root: str | Path) -> dict[str, Any]:
     """The validated dataset.json of a dataset folder."""
     path = Path(root) / INDEX_FILE
     if not path.is_file():
-        raise DatasetFormatError(f"{root}: no {INDEX_FILE}; not a drone_pose dataset folder")
+        from drone_pose.data.synth_progress import explain_unfinished  # it reads shards: imported here
+
+        reason = explain_unfinished(Path(root)) if Path(root).is_dir() else None
+        raise DatasetFormatError(reason or f"{root}: no {INDEX_FILE}; not a drone_pose dataset folder")
     try:
         index = json.loads(path.read_text())
     except json.JSONDecodeError as error:

@@ -83,7 +83,6 @@ def run_latency_benchmark(
     for item in parameters:
         command += ["-p", item]
     environment = {"FASTDDS_DEFAULT_PROFILES_FILE": fastdds_profile(), **os.environ}
-    tracker = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     context = rclpy.Context()
     rclpy.init(context=context)
     node = Node("drone_pose_latency_bench", context=context)
@@ -105,6 +104,8 @@ def run_latency_benchmark(
     node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, QoSProfile(depth=10))
     images = node.create_publisher(Image, f"{namespace}/image", sensor_data_qos(5))
     infos = node.create_publisher(CameraInfo, f"{namespace}/camera_info", sensor_data_qos(5))
+    # started last, right before the try whose finally stops it: nothing in between can fail
+    tracker = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + startup_timeout_s
         while images.get_subscription_count() == 0 or infos.get_subscription_count() == 0:

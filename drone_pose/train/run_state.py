@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 import math
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,61 @@ log = logging.getLogger(__name__)
 
 
 STATE_FORMAT = "drone_pose.training_state"
+# The files that make a folder hold a run (config.yaml and tensorboard/ alone are an unstarted one).
+RUN_FILES = ("last.pt", "best.pt", "swa.pt", "metrics.csv")
+# Settings that place a run rather than define it: a moved run folder resumes with new ones.
+LOCATION_KEYS = ("name", "output")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked: it holds a run, or it cannot be resumed."""
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """The RUN_FILES present in run_dir."""
+    return [name for name in RUN_FILES if (run_dir / name).exists()]
+
+
+def check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """RunFolderError unless the run folder can be used: training into a folder that holds a run
+    needs `resume` (continue it from last.pt) or `overwrite` (start over, replacing it)."""
+    if resume and overwrite:
+        raise RunFolderError("--resume continues a run and --overwrite replaces it: choose one")
+    found = run_files(run_dir)
+    if not found or overwrite:
+        return
+    if not resume:
+        raise RunFolderError(
+            f"{run_dir} already holds a run ({', '.join(found)}): continue it with --resume, or "
+            "start it over with --overwrite (replaces those files), or choose another name=..."
+        )
+    if not (run_dir / "last.pt").is_file():
+        raise RunFolderError(
+            f"{run_dir} holds {', '.join(found)} but no last.pt to resume from: start it over with "
+            "--overwrite, or choose another name=..."
+        )
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove a run's outputs from run_dir (RUN_FILES and tensorboard/), before starting it over."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    if (run_dir / "tensorboard").is_dir():
+        shutil.rmtree(run_dir / "tensorboard")
+
+
+def place_in_run_folder(
+    config: TrainConfig, config_path: str | Path | None, overrides: Sequence[str] = ()
+) -> TrainConfig:
+    """The config with the run folder where `config_path` is, when that is a run folder's own
+    config.yaml (next to a last.pt): a run folder that was moved or renamed continues in place with
+    `--config RUN_DIR/config.yaml --resume`. A name= or output= override keeps the config's place."""
+    if config_path is None or any(item.split("=", 1)[0] in LOCATION_KEYS for item in overrides):
+        return config
+    folder = Path(config_path).parent
+    if Path(config_path).name != "config.yaml" or not (folder / "last.pt").is_file():
+        return config
+    return dataclasses.replace(config, output=str(folder.parent), name=folder.name)
 
 
 def selection_score(metrics: dict[str, float], metric: str) -> list[float]:
@@ -64,13 +122,13 @@ RESUMABLE_CHANGES = ("epochs", "amp", "cpu_bf16", "channels_last")
 
 
 def load_state(run: TrainingRun, path: Path) -> None:
-    """Resume `run` from a training state; ValueError when it is not one or when the configuration
-    differs in anything but RESUMABLE_CHANGES."""
+    """Resume `run` from a training state; RunFolderError when it is not one or when the
+    configuration differs in anything but RESUMABLE_CHANGES and the run's place (LOCATION_KEYS)."""
     state = torch.load(path, map_location=run.device, weights_only=True)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path}: not a drone_pose training state")
+        raise RunFolderError(f"{path}: not a drone_pose training state")
     saved, current = dict(state["config"]), config_to_dict(run.config)
-    for key in RESUMABLE_CHANGES:
+    for key in (*RESUMABLE_CHANGES, *LOCATION_KEYS):
         saved.pop(key, None)
         current.pop(key, None)
     defaults = config_to_dict(TrainConfig())
@@ -79,8 +137,10 @@ def load_state(run: TrainingRun, path: Path) -> None:
             saved[key] = current[key]
     if saved != current:
         changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-        raise ValueError(
-            f"{path}: cannot resume with a different configuration (changed: {', '.join(changed)})"
+        raise RunFolderError(
+            f"{path}: cannot resume with a different configuration (changed: {', '.join(changed)}); "
+            "nothing was changed on disk: resume with the run's own settings (its config.yaml), or "
+            "start it over with --overwrite, or choose another name=..."
         )
     run.predictor.network.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])

@@ -35,6 +35,8 @@ from drone_pose.train.epoch import (
 )
 from drone_pose.train.preparation import TrainingForward, TrainingRun, prepare
 from drone_pose.train.run_state import (
+    check_run_folder,
+    clear_run,
     load_state,
     metric_value,
     open_tensorboard,
@@ -49,16 +51,26 @@ from drone_pose.train.validation import validate_run
 log = logging.getLogger(__name__)
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) a run; returns a summary with the history and the best metric."""
-    run = prepare(config)
+def train(
+    config: TrainConfig, resume: bool = False, progress: bool = True, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train (or resume) a run; returns a summary with the history and the best metric.
+
+    A run folder that holds a run is continued from its last.pt with `resume` or started over with
+    `overwrite` (its outputs removed first); without either, RunFolderError. Every refusal (this
+    one, a resume whose configuration differs) comes before anything is written.
+    """
     run_dir = config.run_dir()
+    check_run_folder(run_dir, resume, overwrite)  # before the data is read
+    run = prepare(config)
     main_process = run.rank == 0
+    if resume and (run_dir / "last.pt").is_file():
+        load_state(run, run_dir / "last.pt")
+    elif overwrite and main_process:
+        clear_run(run_dir)
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    if resume and (run_dir / "last.pt").is_file():
-        load_state(run, run_dir / "last.pt")
     writer = open_tensorboard(run_dir) if main_process else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_enabled(run))
     started = time.perf_counter()

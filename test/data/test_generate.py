@@ -10,7 +10,7 @@ import pytest
 from drone_pose.cli import main
 from drone_pose.data.generate import GenerationSpec, generate_dataset, plan_jobs, render_sample
 from drone_pose.data.poses import PoseSamplingConfig
-from drone_pose.data.shards import DatasetFormatError, read_index, read_shard
+from drone_pose.data.shards import SHARD_KEYS, DatasetFormatError, read_index, read_shard
 from drone_pose.data.synth import SceneConfig
 
 
@@ -93,3 +93,51 @@ def test_bad_requests_fail_before_rendering(tmp_path):
         plan_jobs(10, (0.5, 0.5, 0.5), 4)
     with pytest.raises(DatasetFormatError, match="not a drone_pose dataset folder"):
         read_index(tmp_path)
+
+
+def test_an_interrupted_synth_resumes_to_the_uninterrupted_dataset(tmp_path, monkeypatch):
+    """Interrupted after two shards (a debris file and a damaged shard added), the folder explains
+    itself to readers, refuses other settings untouched, and the same call finishes it into the
+    dataset an uninterrupted run gives."""
+    import drone_pose.data.generate as generate
+    from drone_pose.data.synth_progress import SynthFolderError
+
+    arguments = {"seed": 3, "workers": 1, "shard_size": 2, "width": 96, "height": 72, "progress": False}
+    full = generate_dataset("tello", 9, tmp_path / "full", **arguments)
+    render, calls = generate._render_shard, []
+
+    def interrupted_after_two(job):
+        calls.append(job)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return render(job)
+
+    monkeypatch.setattr(generate, "_render_shard", interrupted_after_two)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset("tello", 9, cut, **arguments)
+    monkeypatch.undo()
+    (cut / "train-00002.npz").write_bytes((cut / "train-00000.npz").read_bytes()[:300])  # a damaged shard
+    (cut / "train-00003.npz.partial").write_bytes(b"half a shard")
+    with pytest.raises(DatasetFormatError, match="interrupted") as unfinished:
+        read_index(cut)
+    command = "drone-pose synth --drone tello --count 9 --seed 3 --shard-size 2 --splits 0.8 0.1 0.1 "
+    command += f"--width 96 --height 72 --out {cut}"
+    assert str(unfinished.value).endswith(command)
+    files = sorted(p.name for p in cut.iterdir())
+    with pytest.raises(SynthFolderError, match=r"other settings \(differing: seed\)"):
+        generate_dataset("tello", 9, cut, **{**arguments, "seed": 4})
+    assert sorted(p.name for p in cut.iterdir()) == files
+
+    resumed = generate_dataset("tello", 9, cut, **arguments)
+    assert resumed["generation"]["resumed_shards"] == 2
+    assert {k: v for k, v in resumed.items() if k != "generation"} == {
+        k: v for k, v in full.items() if k != "generation"
+    }
+    assert sorted(p.name for p in cut.iterdir()) == sorted(p.name for p in (tmp_path / "full").iterdir())
+    for split in full["splits"].values():
+        for entry in split:
+            a, b = read_shard(tmp_path / "full" / entry["file"]), read_shard(cut / entry["file"])
+            assert all(np.array_equal(getattr(a, key), getattr(b, key)) for key in SHARD_KEYS)
+    with pytest.raises(SynthFolderError, match="already holds a finished dataset"):
+        generate_dataset("tello", 9, cut, **arguments)

@@ -76,6 +76,47 @@ def test_same_seed_same_losses_and_resume_equals_an_uninterrupted_run(tiny_data,
     assert list((tmp_path / "c" / "run" / "tensorboard").glob("events.*"))
 
 
+def test_a_finished_run_is_continued_or_replaced_only_when_asked_and_can_be_moved(
+    tiny_data, tmp_path, capsys
+):
+    """Training into a folder that holds a run is refused without --resume or --overwrite; a
+    refused resume (another configuration) leaves every file as it was; a renamed run folder
+    continues in place through its own config.yaml."""
+    from drone_pose.cli import main
+    from drone_pose.train.run_state import RunFolderError
+
+    run_dir = tmp_path / "runs" / "first"
+    train(config(tiny_data, tmp_path / "runs", "first", "epochs=1"), progress=False)
+    files = ("best.pt", "last.pt", "metrics.csv", "config.yaml")
+    before = {name: (run_dir / name).read_bytes() for name in files}
+    with pytest.raises(RunFolderError, match="already holds a run") as refused:
+        train(config(tiny_data, tmp_path / "runs", "first", "epochs=1", "seed=5"), progress=False)
+    assert str(run_dir) in str(refused.value)
+    assert "--resume" in str(refused.value) and "--overwrite" in str(refused.value)
+    with pytest.raises(RunFolderError, match=r"different configuration \(changed: seed\)"):
+        train(
+            config(tiny_data, tmp_path / "runs", "first", "epochs=2", "seed=5"), resume=True, progress=False
+        )
+    assert {name: (run_dir / name).read_bytes() for name in files} == before
+
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    run_dir.rename(moved)
+    arguments = ["train", "--config", str(moved / "config.yaml"), "--resume", "epochs=2", "--no-progress"]
+    assert main(arguments) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["run_dir"] == str(moved)
+    assert [int(row["epoch"]) for row in csv.DictReader((moved / "metrics.csv").open())] == [1, 2]
+    assert not run_dir.exists()
+
+    replaced = train(
+        config(tiny_data, tmp_path / "elsewhere", "renamed", "epochs=1"), overwrite=True, progress=False
+    )
+    assert [row["epoch"] for row in replaced["history"]] == [1]
+    assert [int(row["epoch"]) for row in csv.DictReader((moved / "metrics.csv").open())] == [1]
+    assert torch.load(moved / "last.pt", weights_only=True)["epoch"] == 0
+
+
 def test_swa_averages_the_epochs_weights_resumes_and_ships_a_checkpoint(tiny_data, tmp_path):
     swa = ["optim.lr=1e-3", "swa.start_epoch=2", "swa.bn_batches=1"]
     full = train(config(tiny_data, tmp_path / "a", "swa", "epochs=3", *swa), progress=False)
