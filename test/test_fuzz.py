@@ -82,7 +82,7 @@ def test_any_image_message_converts_exactly_or_raises_a_conversion_error(message
     try:
         pixels = image_to_numpy(message)
     except ImageConversionError as error:
-        assert str(error)
+        assert str(error)  # noqa: PT017
         assert not _well_formed(message)
         return
     assert _well_formed(message)
@@ -102,7 +102,8 @@ def test_any_image_message_converts_exactly_or_raises_a_conversion_error(message
         assert message.encoding not in EIGHT_BIT
         return
     assert message.encoding in EIGHT_BIT
-    assert rgb.shape == (message.height, message.width, 3) and rgb.dtype == np.uint8
+    assert rgb.shape == (message.height, message.width, 3)
+    assert rgb.dtype == np.uint8
 
 
 finite_or_not = st.one_of(
@@ -156,8 +157,11 @@ def test_image_and_camera_info_give_a_valid_frame_or_one_counted_rejection(data)
         if frame is None:
             assert rejections[-1] in PAIRING_REJECTIONS
             continue
-        assert np.isfinite(frame.K).all() and frame.K[0, 0] > 0 and frame.K[1, 1] > 0
-        assert frame.rgb.shape == (info.height, info.width, 3) and frame.rgb.dtype == np.uint8
+        assert np.isfinite(frame.K).all()
+        assert frame.K[0, 0] > 0
+        assert frame.K[1, 1] > 0
+        assert frame.rgb.shape == (info.height, info.width, 3)
+        assert frame.rgb.dtype == np.uint8
         assert min(frame.rgb.shape[:2]) >= MIN_IMAGE_SIDE_PX
         assert frame.rgb.flags.c_contiguous
 
@@ -210,7 +214,7 @@ def test_a_mutated_checkpoint_loads_or_raises_a_checkpoint_error(checkpoint_byte
         checkpoint = load_checkpoint(path)
         network_from_checkpoint(checkpoint, str(path))
     except CheckpointError as error:
-        assert str(path) in str(error)
+        assert str(path) in str(error)  # noqa: PT017
 
 
 @pytest.fixture(scope="module")
@@ -236,20 +240,24 @@ def test_a_mutated_bag_reads_with_counted_skips_or_raises_a_bag_error(small_bag,
     try:
         frames, skipped = read_frames(copy, "camera")
     except BagReadError as error:
-        assert str(copy) in str(error)
+        assert str(copy) in str(error)  # noqa: PT017
         return
     assert set(skipped) >= {"undecodable", "no_camera_info", "no_ground_truth"}
     for frame in frames:
-        assert frame["rgb"].ndim == 3 and frame["rgb"].shape[2] == 3 and frame["rgb"].dtype == np.uint8
+        assert frame["rgb"].ndim == 3
+        assert frame["rgb"].shape[2] == 3
+        assert frame["rgb"].dtype == np.uint8
         for key in ("K", "R", "t"):
             assert np.isfinite(frame[key]).all(), key
-        assert frame["K"][0, 0] > 0 and frame["K"][1, 1] > 0
+        assert frame["K"][0, 0] > 0
+        assert frame["K"][1, 1] > 0
 
 
 def test_an_unmutated_bag_and_checkpoint_read_whole(small_bag, checkpoint_bytes, tmp_path):
     """The fuzzed inputs themselves are good: every property above starts from a readable file."""
     frames, skipped = read_frames(small_bag, "camera")
-    assert len(frames) == 3 and not any(skipped.values())
+    assert len(frames) == 3
+    assert not any(skipped.values())
     path = tmp_path / "model.pt"
     path.write_bytes(checkpoint_bytes)
     network_from_checkpoint(load_checkpoint(path))
