@@ -18,6 +18,10 @@ from drone_pose.bags import messages
 from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
 
 
+class BagReadError(ValueError):
+    """A bag that cannot be read: missing, not a rosbag2 folder, or with corrupt storage."""
+
+
 def image_array(msg: Any) -> np.ndarray:
     """[H,W,3] uint8 RGB of a rosbags sensor_msgs/Image (rgb8, bgr8, mono8); ValueError otherwise."""
     channels = {"rgb8": 3, "bgr8": 3, "mono8": 1}.get(msg.encoding)
@@ -48,17 +52,22 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
         f"/{camera}/camera_info": infos,
         f"/{camera}/ground_truth/pose": truths,
     }
-    with Reader(bag) as reader:
-        connections = [c for c in reader.connections if c.topic in topics]
-        if not any(c.topic == f"/{camera}/image_raw" for c in connections):
-            raise ValueError(f"{bag}: no /{camera}/image_raw topic")
-        for connection, _, raw in reader.messages(connections=connections):
-            try:
-                message = messages.deserialize(raw, connection.msgtype)
-            except Exception:  # rosbags raises several types for corrupt CDR
-                skipped["undecodable"] += 1
-                continue
-            topics[connection.topic][messages.stamp_ns(message.header)] = message
+    try:
+        with Reader(bag) as reader:
+            connections = [c for c in reader.connections if c.topic in topics]
+            if not any(c.topic == f"/{camera}/image_raw" for c in connections):
+                raise BagReadError(f"{bag}: no /{camera}/image_raw topic")
+            for connection, _, raw in reader.messages(connections=connections):
+                try:
+                    message = messages.deserialize(raw, connection.msgtype)
+                except Exception:  # rosbags raises several types for corrupt CDR
+                    skipped["undecodable"] += 1
+                    continue
+                topics[connection.topic][messages.stamp_ns(message.header)] = message
+    except BagReadError:
+        raise
+    except Exception as error:  # rosbags raises ReaderError, UnicodeDecodeError, KeyError, MemoryError...
+        raise BagReadError(f"{bag}: not a readable rosbag2 bag ({type(error).__name__}: {error})") from error
     frames = []
     for stamp in sorted(images):
         if stamp not in infos:

@@ -1,4 +1,4 @@
-"""`drone-pose bench pnp | net | tracker | train`: benchmarks that print JSON."""
+"""`drone-pose bench pnp | net | tracker | soak | train`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -87,7 +87,59 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     tracker.add_argument("--device", default="cpu", help="the tracker's device (cpu, cuda, auto)")
     tracker.add_argument("--param", action="append", help="extra tracker parameter name:=value")
     tracker.set_defaults(run=_cmd_bench_tracker)
+    _add_bench_soak(bench)
     _add_bench_train(bench)
+
+
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from drone_pose.ros.soak_benchmark import run_lifecycle_soak, run_soak
+
+    parameters = tuple(args.param or ())
+    if args.lifecycle_cycles:
+        report = run_lifecycle_soak(
+            args.checkpoint,
+            drone=args.drone,
+            cycles=args.lifecycle_cycles,
+            device=args.device,
+            warmup_cycles=min(args.warmup_cycles, args.lifecycle_cycles - 1),
+            parameters=parameters,
+        )
+    else:
+        report = run_soak(
+            args.checkpoint,
+            drone=args.drone,
+            duration_s=args.duration_s,
+            rate_hz=args.rate_hz,
+            device=args.device,
+            window_s=args.window_s,
+            warmup_s=args.warmup_s,
+            parameters=parameters,
+        )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _add_bench_soak(bench: argparse._SubParsersAction) -> None:
+    soak = bench.add_parser(
+        "soak",
+        help="tracker node over DDS for a long run (RSS, latency drift, drops) or many lifecycle cycles",
+    )
+    soak.add_argument("--checkpoint", help="default: the shipped checkpoint of --drone")
+    soak.add_argument("--drone", default="m2ed")
+    soak.add_argument("--device", default="cpu", help="the tracker's device (cpu, cuda, auto)")
+    soak.add_argument("--duration-s", type=float, default=3600.0, help="length of the soak, seconds")
+    soak.add_argument("--rate-hz", type=float, default=30.0, help="input frame rate, Hz")
+    soak.add_argument("--window-s", type=float, default=60.0, help="latency/memory reporting window, seconds")
+    soak.add_argument("--warmup-s", type=float, default=60.0, help="memory growth and drift count from here")
+    soak.add_argument(
+        "--lifecycle-cycles",
+        type=int,
+        default=0,
+        help="instead of a soak: this many configure/activate/deactivate/cleanup cycles",
+    )
+    soak.add_argument("--warmup-cycles", type=int, default=5, help="lifecycle memory growth counts from here")
+    soak.add_argument("--param", action="append", help="extra tracker parameter name:=value")
+    soak.set_defaults(run=_cmd_bench_soak)
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> int:
