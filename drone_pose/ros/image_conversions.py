@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
@@ -24,6 +27,10 @@ MAX_IMAGE_PIXELS = 64_000_000
 
 class ImageConversionError(ValueError):
     """A sensor_msgs/Image that cannot be read as an array (bad encoding, size or data length)."""
+
+
+class ImageTooLargeError(ValueError):
+    """An image with more pixels than the caller's limit."""
 
 
 def image_to_numpy(msg: Image) -> np.ndarray:
@@ -95,3 +102,45 @@ def rgb_of(msg: Image) -> np.ndarray:
         rgb = pixels[..., :3]
         return rgb if msg.encoding == "rgba8" else rgb[..., ::-1]
     return np.repeat(pixels, 3, axis=2)  # mono8 / 8UC1
+
+
+def compressed_image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) pixels of an encoded image read from its header alone, None when no header
+    is recognised. Nothing is decoded: a small file that declares a huge image is sized in
+    microseconds, so the caller can refuse it before the decoder allocates. PNG and JPEG (the
+    formats of image_transport's `compressed`) are read by Pillow's plugins directly, which applies
+    no size limit of its own; other formats through Pillow's open (whose bomb limit then applies)."""
+    from PIL import Image as PillowImage
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    for plugin in (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile):
+        try:
+            with plugin(io.BytesIO(data)) as image:
+                return int(image.width), int(image.height)
+        except Exception:  # not this format (or a broken header)
+            continue
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PillowImage.DecompressionBombWarning)
+        try:
+            with PillowImage.open(io.BytesIO(data)) as image:
+                return int(image.width), int(image.height)
+        except Exception:  # any header Pillow cannot read (or refuses) is "not an image"
+            return None
+
+
+def decode_compressed(data: bytes, max_pixels: int) -> np.ndarray:
+    """RGB [H,W,3] uint8 of an encoded image (sensor_msgs/CompressedImage data). The size is read
+    from the header first: ImageTooLargeError above max_pixels (nothing decoded), ImageConversionError
+    for data no decoder reads."""
+    import cv2
+
+    size = compressed_image_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageTooLargeError(f"compressed image declares {size[0]}x{size[1]} pixels, above {max_pixels}")
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR) if data else None
+    if decoded is None:
+        raise ImageConversionError("compressed image data is not a readable PNG or JPEG")
+    if decoded.shape[0] * decoded.shape[1] > max_pixels:  # a format whose header Pillow does not read
+        height, width = decoded.shape[:2]
+        raise ImageTooLargeError(f"compressed image is {width}x{height}, above {max_pixels}")
+    return np.ascontiguousarray(decoded[..., ::-1])

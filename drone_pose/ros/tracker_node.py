@@ -18,13 +18,12 @@ import time
 from collections import Counter
 from typing import Any
 
-import cv2
 import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.publisher import Publisher
@@ -35,7 +34,13 @@ from visualization_msgs.msg import Marker
 
 from drone_pose.ros.diagnostics import RateWindow, diagnostic_array
 from drone_pose.ros.frame_pairing import PAIRING_REJECTIONS, Frame, FramePairing
-from drone_pose.ros.image_conversions import ImageConversionError, numpy_to_image, rgb_of
+from drone_pose.ros.image_conversions import (
+    ImageConversionError,
+    ImageTooLargeError,
+    decode_compressed,
+    numpy_to_image,
+    rgb_of,
+)
 from drone_pose.ros.pose_messages import delete_marker, mesh_marker, pose_messages, posed_marker
 from drone_pose.ros.qos import sensor_data_qos
 from drone_pose.ros.tf import TransformBroadcaster
@@ -45,6 +50,7 @@ from drone_pose.ros.tracker_parameters import (
     TRACKER_NODE_NAME,
     TRACKER_PARAMETERS,
     ParameterSpec,
+    parameter_default,
 )
 
 # Reasons an image is rejected before estimation (the others come from the estimator's verdict).
@@ -63,6 +69,19 @@ class TrackerNode(LifecycleNode):
 
     def __init__(self, estimator: Any = None, **kwargs: Any) -> None:
         super().__init__(TRACKER_NODE_NAME, **kwargs)
+        # what destroy_node needs, before anything that can raise (a parameter out of its range)
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self._subscriptions_active: list[Any] = []
+        self.lifecycle_label = "unconfigured"
+        self.counters: Counter[str] = Counter()
+        self.last_rejection = ""
+        self.pairing = FramePairing(
+            float(parameter_default("camera_info_wait_s")),  # the parameter's value is read at configure
+            self.counters,
+            self._reject,
+            on_clock_reset=self._on_clock_reset,
+        )
         for spec in TRACKER_PARAMETERS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         self._given_estimator = estimator
@@ -70,38 +89,43 @@ class TrackerNode(LifecycleNode):
         self._trained_flip_test = "off"  # the checkpoint's flip test, kept while flip_test is off
         self.estimator: Any = None
         self.drone_frame = self.get_parameter("drone_frame").value
-        self.counters: Counter[str] = Counter()
-        self.last_rejection = ""
         self.rates = RateWindow()
-        self.pairing = FramePairing(
-            float(self.get_parameter("camera_info_wait_s").value),
-            self.counters,
-            self._reject,
-            on_clock_reset=self._on_clock_reset,
-        )
-        self._running = False
-        self._worker: threading.Thread | None = None
-        self._subscriptions_active: list[Any] = []
         self._outputs: list[Any] = []  # publishers and timers created on configure
         self._marker: Marker | None = None
         self._drone: Any = None
         self._tracking = False
         self.tf: TransformBroadcaster | None = None
-        self.lifecycle_label = "unconfigured"
         self.configure_error = ""
         self._max_pixels = int(self.get_parameter("max_image_pixels").value)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Read the read-at-configure parameters, load the model, create the outputs. Any failure
+        (rclpy would swallow an exception here) fails the transition with its message kept in
+        `configure_error`; the node stays unconfigured and can be fixed and configured again."""
         self.configure_error = ""
+        try:
+            return self._configure()
+        except Exception as error:  # reported, never raised into rclpy
+            self.estimator = None
+            return self._configure_failed(f"{type(error).__name__}: {error}")
+
+    def _configure(self) -> TransitionCallbackReturn:
         transport = self.get_parameter("image_transport").value
         if transport not in ("raw", "compressed"):
             return self._configure_failed(f"image_transport must be raw or compressed, got {transport!r}")
+        self.drone_frame = self.get_parameter("drone_frame").value
+        self._max_pixels = int(self.get_parameter("max_image_pixels").value)
+        self.pairing.camera_info_wait_s = float(self.get_parameter("camera_info_wait_s").value)
         try:
             self.estimator = self._given_estimator or self._load_estimator()
         except (ValueError, OSError) as error:  # CheckpointError is a ValueError
             return self._configure_failed(str(error))
+        mismatch = self._drone_mismatch()
+        if mismatch:
+            self.estimator = None
+            return self._configure_failed(mismatch)
         self._device = self.estimator.device
         self._trained_zoom = self.estimator.zoom
         self.estimator.zoom = self._trained_zoom if self.get_parameter("zoom_pass").value else None
@@ -164,6 +188,17 @@ class TrackerNode(LifecycleNode):
         self._release_outputs()
         self.lifecycle_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
+
+    def _drone_mismatch(self) -> str:
+        """Why the `drone` parameter and the checkpoint's drone disagree, "" when they agree."""
+        wanted = self.get_parameter("drone").value
+        trained = str(getattr(self.estimator, "description", {}).get("drone", {}).get("name", ""))
+        if wanted and trained and wanted != trained:
+            return (
+                f"checkpoint {self._model_name()} is trained for drone {trained!r}, but drone:={wanted}: "
+                f"set drone:={trained} (or leave it empty) or use a {wanted} checkpoint"
+            )
+        return ""
 
     def _configure_failed(self, message: str) -> TransitionCallbackReturn:
         self.configure_error = message
@@ -234,7 +269,7 @@ class TrackerNode(LifecycleNode):
             spec = PARAMETERS_BY_NAME.get(parameter.name)
             if spec is None:
                 continue  # rclpy's own (use_sim_time, QoS overrides)
-            refusal = spec.refusal(parameter.value)
+            refusal = spec.refusal(parameter.value, configured=self.lifecycle_label != "unconfigured")
             if refusal is not None:
                 return SetParametersResult(successful=False, reason=refusal)
             if parameter.name in THRESHOLD_PARAMETERS:
@@ -252,7 +287,7 @@ class TrackerNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _load_estimator(self) -> Any:
-        from drone_pose.inference.estimator import PoseEstimator
+        from drone_pose.inference.estimator import DEFAULT_DRONE, PoseEstimator
         from drone_pose.inference.thresholds import EstimatorThresholds
 
         device = self.get_parameter("device").value
@@ -262,7 +297,7 @@ class TrackerNode(LifecycleNode):
         return PoseEstimator.from_checkpoint(
             self.get_parameter("checkpoint").value or None,
             device=None if device == "auto" else device,
-            drone=self.get_parameter("drone").value,
+            drone=self.get_parameter("drone").value or DEFAULT_DRONE,
             thresholds=thresholds,
         )
 
@@ -282,12 +317,15 @@ class TrackerNode(LifecycleNode):
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         self.counters["images_received"] += 1
-        encoded = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if encoded.size else None
-        if decoded is None or decoded.shape[0] * decoded.shape[1] > self._max_pixels:
-            self._reject("bad_image" if decoded is None else "image_too_large")
+        try:
+            rgb = decode_compressed(bytes(msg.data), self._max_pixels)
+        except ImageTooLargeError:
+            self._reject("image_too_large")
             return
-        self.pairing.add_image(np.ascontiguousarray(decoded[..., ::-1]), msg.header)
+        except ImageConversionError:
+            self._reject("bad_image")
+            return
+        self.pairing.add_image(rgb, msg.header)
 
     def _on_image(self, msg: Image) -> None:
         self.counters["images_received"] += 1
@@ -411,11 +449,14 @@ class TrackerNode(LifecycleNode):
 
 
 def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
-    """The rclpy descriptor of a table entry: its description and floating-point range."""
+    """The rclpy descriptor of a table entry: its description and its floating-point or integer range."""
     descriptor = ParameterDescriptor(description=spec.description)
     if spec.range is not None:
         low, high = spec.range
-        descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+        else:
+            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
     return descriptor
 
 
@@ -429,12 +470,18 @@ def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = None
     try:
-        node = TrackerNode()
+        try:
+            node = TrackerNode()
+        except Exception as error:  # a parameter rclpy refuses: one line, exit 2
+            print(f"tracker_node: {type(error).__name__}: {error}", file=sys.stderr)
+            raise SystemExit(2) from None
         if node.get_parameter("autostart").value:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                print(f"tracker_node: {node.configure_error}", file=sys.stderr)
+                print(f"tracker_node: configure failed: {node.configure_error}", file=sys.stderr)
                 raise SystemExit(2)
-            node.trigger_activate()
+            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
+                print("tracker_node: activate failed (see the log above)", file=sys.stderr)
+                raise SystemExit(2)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

@@ -21,26 +21,32 @@ TRACKER_NODE_NAME = "drone_pose_tracker"
 class ParameterSpec:
     """One node parameter.
 
-    default: its value and type (rclpy refuses a value of another type); range: the closed
-    floating-point range rclpy enforces, None for none; positive: also > 0; runtime: may change
-    while the node runs (the others are refused at run time: restart the node to change them).
+    default: its value and type (rclpy refuses a value of another type); range: the closed range
+    rclpy enforces (floating-point or integer, as the default), None for none; positive: also > 0;
+    runtime: may change while the node runs. The others are read at configure: they may change
+    while the node is unconfigured (before configure, after cleanup or a failed configure) and are
+    refused while it is configured.
     """
 
     name: str
     default: ParameterValue
     description: str
-    range: tuple[float, float] | None = None
+    range: tuple[float, float] | tuple[int, int] | None = None
     positive: bool = False
     runtime: bool = False
 
-    def refusal(self, value: ParameterValue) -> str | None:
-        """Why `value` is refused for this parameter at run time, or None when it is accepted.
+    def refusal(self, value: ParameterValue, configured: bool = True) -> str | None:
+        """Why `value` is refused for this parameter, or None when it is accepted; `configured`:
+        the node holds a configuration (inactive or active), so read-at-configure ones are refused.
 
         The range check repeats what rclpy enforces from the declared range before the node's
         callback runs, so that the table alone decides for callers without rclpy (tests, a second
         node's own validation)."""
-        if not self.runtime:
-            return f"{self.name} is read-only at run time"
+        if not self.runtime and configured:
+            return f"{self.name} is read at configure: cleanup the node (or restart it) to change it"
+        integer = isinstance(self.default, int) and not isinstance(self.default, bool)
+        if integer and self.range is not None and not self.range[0] <= int(value) <= self.range[1]:
+            return f"{self.name}: {value} is outside [{self.range[0]}, {self.range[1]}]"
         if isinstance(self.default, float):
             number = float(value)
             if not math.isfinite(number):
@@ -56,7 +62,12 @@ _THRESHOLDS = EstimatorThresholds()
 
 TRACKER_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("checkpoint", "", "drone_pose checkpoint (.pt); empty: the shipped one for `drone`"),
-    ParameterSpec("drone", "m2ed", "built-in drone whose shipped checkpoint is the default"),
+    ParameterSpec(
+        "drone",
+        "",
+        "the checkpoint's drone (refused when they differ); empty: the checkpoint's, or m2ed's "
+        "shipped checkpoint when `checkpoint` is empty too",
+    ),
     ParameterSpec("device", "auto", "auto (CUDA when available), cpu, cuda or cuda:N"),
     ParameterSpec("drone_frame", "drone", "child frame of the published TF (parent: the image's frame_id)"),
     ParameterSpec("publish_tf", True, "publish image frame -> drone_frame on /tf"),
@@ -102,8 +113,12 @@ TRACKER_PARAMETERS: tuple[ParameterSpec, ...] = (
         "average heatmaps with the mirrored image's where the checkpoint asks for it",
         runtime=True,
     ),
-    ParameterSpec("input_queue_depth", 5, "QoS depth of image and camera_info (best effort, volatile)"),
-    ParameterSpec("output_queue_depth", 10, "QoS depth of pose, pose_with_covariance and marker (reliable)"),
+    ParameterSpec(
+        "input_queue_depth", 5, "QoS depth of image and camera_info (best effort, volatile)", (1, 1000)
+    ),
+    ParameterSpec(
+        "output_queue_depth", 10, "QoS depth of pose, pose_with_covariance and marker (reliable)", (1, 1000)
+    ),
     ParameterSpec(
         "camera_info_wait_s", 0.1, "how long an image waits for the CameraInfo of its stamp (s)", (0.0, 10.0)
     ),
@@ -111,7 +126,10 @@ TRACKER_PARAMETERS: tuple[ParameterSpec, ...] = (
         "image_transport", "raw", "raw (sensor_msgs/Image on `image`) or compressed (`image/compressed`)"
     ),
     ParameterSpec(
-        "max_image_pixels", 50_000_000, "larger images are rejected (image_too_large) before any copy"
+        "max_image_pixels",
+        50_000_000,
+        "larger images are rejected (image_too_large) before any copy or decode",
+        (1, 1_000_000_000),
     ),
     ParameterSpec("autostart", True, "configure and activate at start (false: wait for lifecycle calls)"),
 )

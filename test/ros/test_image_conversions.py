@@ -62,3 +62,51 @@ def test_malformed_images_are_rejected(fields, data, message):
 def test_wrong_array_for_encoding():
     with pytest.raises(ImageConversionError, match="rgb8 needs"):
         numpy_to_image(np.zeros((2, 2), np.uint8), "rgb8", STAMP, "cam")
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares width x height RGB pixels; its data holds one row only
+    (as a decompression bomb's header would, without the bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    row = zlib.compress(bytes(1 + 3 * min(width, 4096)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+
+
+def test_compressed_images_are_sized_from_their_header_before_decoding():
+    import time
+
+    import cv2
+
+    from drone_pose.ros.image_conversions import (
+        ImageConversionError,
+        ImageTooLargeError,
+        compressed_image_size,
+        decode_compressed,
+    )
+
+    bomb = png_declaring(20000, 20000)
+    assert len(bomb) < 100_000
+    assert compressed_image_size(bomb) == (20000, 20000)
+    started = time.perf_counter()
+    with pytest.raises(ImageTooLargeError, match="20000x20000"):
+        decode_compressed(bomb, max_pixels=50_000_000)
+    assert time.perf_counter() - started < 0.5  # refused from the header, nothing decoded
+    ok, jpeg = cv2.imencode(".jpg", np.full((48, 64, 3), (10, 20, 30), np.uint8))
+    assert ok
+    assert compressed_image_size(jpeg.tobytes()) == (64, 48)
+    rgb = decode_compressed(jpeg.tobytes(), max_pixels=64 * 48)
+    assert rgb.shape == (48, 64, 3)
+    assert abs(int(rgb[0, 0, 0]) - 30) <= 3
+    with pytest.raises(ImageTooLargeError):
+        decode_compressed(jpeg.tobytes(), max_pixels=64 * 48 - 1)
+    for garbage in (b"", b"not a jpeg", jpeg.tobytes()[:20]):
+        with pytest.raises(ImageConversionError):
+            decode_compressed(garbage, max_pixels=10**8)

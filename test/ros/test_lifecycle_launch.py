@@ -124,6 +124,69 @@ def test_bad_parameters_fail_configure_with_a_clear_message(checkpoint):
 
 
 @pytest.mark.ros
+@pytest.mark.parametrize(
+    ("parameter", "named"),
+    [
+        ("input_queue_depth:=-1", "input_queue_depth"),  # refused by its declared range
+        ("camera_info_wait_s:=20.0", "camera_info_wait_s"),
+        ("max_image_pixels:=0", "max_image_pixels"),
+        ("drone:=tello", "'m2ed'"),  # the checkpoint is trained for another drone
+    ],
+)
+def test_start_up_errors_are_one_line_with_exit_2(checkpoint, parameter, named):
+    """Every start-up failure: exit 2, the underlying message on one line, no traceback."""
+    tracker = start_tracker(checkpoint, "-p", parameter)
+    _, err = tracker.communicate(timeout=60)
+    assert tracker.returncode == 2, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("tracker_node: ")]
+    assert len(lines) == 1, err[-2000:]
+    assert named in lines[0], lines
+
+
+@pytest.mark.ros
+def test_a_failed_configure_is_fixed_without_a_restart(ros_node, checkpoint):
+    """Configure fails on a missing checkpoint; while unconfigured the parameter can be set and the
+    next configure succeeds; once configured, read-at-configure parameters are refused."""
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    node, executor = ros_node
+    tracker = start_tracker(
+        checkpoint, "-r", "__ns:=/fixable", "-p", "autostart:=false", "-p", "checkpoint:=/missing/model.pt"
+    )
+    change_state = node.create_client(ChangeState, "/fixable/drone_pose_tracker/change_state")
+    set_parameters = node.create_client(SetParameters, "/fixable/drone_pose_tracker/set_parameters")
+
+    def call(client, request, timeout_s: float = 60.0):
+        future = client.call_async(request)
+        assert spin_until(executor, future.done, timeout_s=timeout_s)
+        return future.result()
+
+    def set_checkpoint(path: str) -> bool:
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=path)
+        request = SetParameters.Request(parameters=[Parameter(name="checkpoint", value=value)])
+        return call(set_parameters, request).results[0].successful
+
+    def configure() -> bool:
+        request = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))
+        return call(change_state, request).success
+
+    try:
+        assert spin_until(executor, change_state.service_is_ready, timeout_s=60.0)
+        assert not configure()
+        assert set_checkpoint(str(checkpoint))
+        assert configure()
+        assert not set_checkpoint("/missing/model.pt")  # configured: read at configure, refused
+        assert tracker.poll() is None
+    finally:
+        tracker.send_signal(signal.SIGINT)
+        _, err = tracker.communicate(timeout=20)
+    assert "/missing/model.pt" in err  # the failed configure said why
+    assert tracker.returncode == 0, err[-2000:]
+
+
+@pytest.mark.ros
 def test_qos_override_and_an_8000x8000_image(ros_node, checkpoint):
     """qos_overrides make the image input reliable (so a 192 MB frame arrives whole); the frame is
     rejected as too large and counted, and the next normal frame is processed."""

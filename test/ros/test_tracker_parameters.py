@@ -79,5 +79,27 @@ def test_every_parameter_is_described_and_ranges_are_ordered():
     for spec in TRACKER_PARAMETERS:
         assert spec.description
         if spec.range is not None:
-            assert isinstance(spec.default, float)
+            assert isinstance(spec.default, int | float)
+            assert not isinstance(spec.default, bool)
+            assert all(type(bound) is type(spec.default) for bound in spec.range)
             assert spec.range[0] <= spec.default <= spec.range[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "refused"),
+    [
+        ("checkpoint", "/elsewhere.pt", False),  # unconfigured: fix it, then configure again
+        ("drone", "tello", False),
+        ("input_queue_depth", 0, True),
+        ("input_queue_depth", -1, True),
+        ("output_queue_depth", 1, False),
+        ("max_image_pixels", 0, True),
+        ("max_image_pixels", 640 * 480, False),
+        ("max_reprojection_rms_px", 0.0, True),
+    ],
+)
+def test_read_at_configure_parameters_change_only_while_unconfigured(name, value, refused):
+    spec = PARAMETERS_BY_NAME[name]
+    assert (spec.refusal(value, configured=False) is not None) == refused
+    if not spec.runtime:
+        assert "read at configure" in spec.refusal(value, configured=True)

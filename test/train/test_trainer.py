@@ -92,7 +92,8 @@ def test_a_finished_run_is_continued_or_replaced_only_when_asked_and_can_be_move
     with pytest.raises(RunFolderError, match="already holds a run") as refused:
         train(config(tiny_data, tmp_path / "runs", "first", "epochs=1", "seed=5"), progress=False)
     assert str(run_dir) in str(refused.value)
-    assert "--resume" in str(refused.value) and "--overwrite" in str(refused.value)
+    assert "--resume" in str(refused.value)
+    assert "--overwrite" in str(refused.value)
     with pytest.raises(RunFolderError, match=r"different configuration \(changed: seed\)"):
         train(
             config(tiny_data, tmp_path / "runs", "first", "epochs=2", "seed=5"), resume=True, progress=False
