@@ -305,3 +305,37 @@ def test_drone_pose_launch_starts_the_trackers(ros_node, checkpoint):
     assert out.count("--params-file") == 2
     assert "drone_pose_tracker exited with status" in out
     assert "Traceback" not in out
+
+
+@pytest.mark.ros
+def test_a_clock_reset_is_counted_and_tracking_carries_on(ros_node, checkpoint):
+    """Stamps that jump back (a looped bag, a restarted driver): the frames after the jump are
+    processed, the reset is counted once in /diagnostics; a duplicate stamp is still rejected."""
+    node, executor = ros_node
+    poses, diagnostics = [], []
+    node.create_subscription(PoseStamped, "/looped/pose", poses.append, QoSProfile(depth=50))
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=20))
+    images = node.create_publisher(Image, "/looped/image", QoSProfile(depth=5))
+    infos = node.create_publisher(CameraInfo, "/looped/camera_info", QoSProfile(depth=5))
+    tracker = start_tracker(checkpoint, "-r", "__ns:=/looped")
+    try:
+        ready = lambda: images.get_subscription_count() > 0 and infos.get_subscription_count() > 0  # noqa: E731
+        assert spin_until(executor, ready, timeout_s=60.0)
+        spin_until(executor, lambda: False, timeout_s=1.0)
+        for sec in (10, 11, 12, 12, 2, 3, 4):  # a duplicate, then the clock starts again
+            image, info = frame(sec)
+            infos.publish(info)
+            images.publish(image)
+            spin_until(executor, lambda: False, timeout_s=0.7)
+        stamps = lambda: {pose.header.stamp.sec for pose in poses}  # noqa: E731
+        assert spin_until(executor, lambda: {3, 4} <= stamps(), timeout_s=10.0), stamps()
+        diagnostics.clear()
+        assert spin_until(executor, lambda: len(diagnostics) >= 1, timeout_s=5.0)
+        values = diagnostics_values(diagnostics)
+    finally:
+        tracker.send_signal(signal.SIGINT)
+        _, err = tracker.communicate(timeout=20)
+    assert int(values.get("clock_resets", 0)) == 1, values
+    assert int(values.get("rejected_stamp_not_increasing", 0)) == 1, values
+    assert "clock reset" in err.lower(), err[-2000:]
+    assert tracker.returncode == 0, err[-2000:]
