@@ -20,6 +20,7 @@ import torch
 from drone_pose.bags.estimates_bag import EstimatedFrame, write_estimates_bag
 from drone_pose.bags.frames import bag_drone, read_frames
 from drone_pose.drones import load_drone
+from drone_pose.evaluation.drone_pairing import refuse_other_drone
 from drone_pose.evaluation.reports import markdown_table, size_table, write_report
 from drone_pose.evaluation.scoring import Scores, score_estimates
 from drone_pose.geometry.camera import project_points
@@ -40,10 +41,12 @@ def evaluate_bag(
 ) -> dict[str, Any]:
     """Run the estimator over the bag's frames and write the report; returns the summary.
     checkpoint None: the shipped checkpoint of the bag's drone (custom metadata), else of m2ed."""
+    shown_drone = bag_drone(bag)
     if checkpoint is None:
-        checkpoint = default_checkpoint(bag_drone(bag) or DEFAULT_DRONE)
+        checkpoint = default_checkpoint(shown_drone or DEFAULT_DRONE)
     estimator = PoseEstimator.from_checkpoint(checkpoint, device=device)
     drone = load_drone(estimator.description["drone"]["name"])
+    refuse_other_drone(drone.name, shown_drone, str(bag))
     frames, skipped = read_frames(bag, camera)
     if not frames:
         raise ValueError(f"{bag}: no frame of /{camera} has camera_info and ground truth")

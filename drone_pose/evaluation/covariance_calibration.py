@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from drone_pose.evaluation.drone_pairing import data_drone, refuse_other_drone
 from drone_pose.evaluation.split_evaluation import estimate_batches, open_dataset
 from drone_pose.geometry.pose_covariance import (
     CovarianceScales,
@@ -42,6 +43,8 @@ def calibrate_checkpoint(
     estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, flip_test=flip_test)
     estimator.covariance_scales = CovarianceScales()  # fit against what PnP reports
     dataset = open_dataset(data, split, uava_drone, limit)
+    trained = str(estimator.description.get("drone", {}).get("name", ""))
+    refuse_other_drone(trained, data_drone(dataset), str(data))
     errors, covariances = [], []
     for batch, _, _, result in estimate_batches(estimator, dataset, batch_size):
         errors.append(pose_error_vectors(result.R, result.t, batch["R"], batch["t"]))

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.uava import UAVADataset
 from drone_pose.drones import DroneModel
+from drone_pose.evaluation.drone_pairing import data_drone, refuse_other_drone
 from drone_pose.evaluation.reports import markdown_table, size_table, write_report
 from drone_pose.evaluation.scoring import score_estimates
 from drone_pose.inference.estimator import PoseEstimate, PoseEstimator
@@ -55,6 +56,7 @@ def evaluate_checkpoint(
     estimator = PoseEstimator.from_checkpoint(checkpoint, device=device, zoom=zoom, flip_test=flip_test)
     dataset = open_dataset(data, split, uava_drone, limit)
     drone = _drone_of(estimator)
+    refuse_other_drone(drone.name, data_drone(dataset), str(data))
     truth: dict[str, list[Tensor]] = {key: [] for key in ("R", "t", "K", "keypoints", "image_sizes")}
     estimates: list[PoseEstimate] = []
     kept_images = []

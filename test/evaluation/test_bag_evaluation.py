@@ -64,3 +64,15 @@ def test_eval_bag_bad_input(bag_and_checkpoint, tmp_path):
                 "camera7",
             ]
         )
+
+
+def test_a_checkpoint_of_another_drone_is_refused(bag_and_checkpoint, tmp_path):
+    """The bag says it shows the M2ED: a Tello checkpoint is refused, naming both drones."""
+    from drone_pose.evaluation.bag_evaluation import evaluate_bag
+    from drone_pose.evaluation.drone_pairing import DroneMismatchError
+
+    root, _ = bag_and_checkpoint
+    tello = tiny_checkpoint(tmp_path / "tello.pt", drone="tello")
+    with pytest.raises(DroneMismatchError, match=r"'m2ed'.*'tello'"):
+        evaluate_bag(root / "flight", tello, tmp_path / "out", device="cpu")
+    assert not (tmp_path / "out").exists()

@@ -83,3 +83,19 @@ def test_eval_errors_are_clear(small_setup, tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable drone_pose checkpoint"):
         main(["eval", "--checkpoint", str(tmp_path / "bad.pt"), "--data", str(root / "data")])
+
+
+def test_a_checkpoint_of_another_drone_is_refused(small_setup, tmp_path):
+    """dataset.json says M2ED: eval and calibrate-covariance refuse a Tello checkpoint."""
+    from drone_pose.evaluation.covariance_calibration import calibrate_checkpoint
+    from drone_pose.evaluation.drone_pairing import DroneMismatchError
+    from drone_pose.evaluation.split_evaluation import evaluate_checkpoint
+
+    root, _ = small_setup
+    tello = make_checkpoint(build_network("hrnet_lite"), "hrnet_lite", load_drone("tello"), (128, 96))
+    path = save_checkpoint(tello, tmp_path / "tello.pt")
+    with pytest.raises(DroneMismatchError, match=r"'m2ed'.*'tello'"):
+        evaluate_checkpoint(path, root / "data", out=tmp_path / "report", device="cpu")
+    with pytest.raises(DroneMismatchError, match=r"'m2ed'.*'tello'"):
+        calibrate_checkpoint(path, root / "data", out=tmp_path / "calibrated.pt", device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tello.pt"]
