@@ -88,6 +88,10 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
 
 
 def bag_drone(bag: str | Path) -> str | None:
-    """The drone a `drone-pose synth-bag` bag shows (its custom metadata), None for other bags."""
+    """The drone a `drone-pose synth-bag` bag shows (its custom metadata), None for other bags.
+
+    rosbags keeps a bag's metadata.yaml (custom_data included) on the storage reader the unified
+    Reader opens (`Reader.storage.metadata`); a bare .mcap or .db3 file has no custom data.
+    """
     with Reader(bag) as reader:
-        return (reader.metadata.custom or {}).get("drone_pose.drone")
+        return (reader.storage.metadata.custom or {}).get("drone_pose.drone")

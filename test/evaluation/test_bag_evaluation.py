@@ -8,6 +8,7 @@ import pytest
 from rosbags.rosbag2 import Reader
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
+from drone_pose.bags.frames import bag_drone
 from drone_pose.cli import main
 
 from ..tiny_models import tiny_checkpoint
@@ -64,3 +65,17 @@ def test_eval_bag_bad_input(bag_and_checkpoint, tmp_path):
                 "camera7",
             ]
         )
+
+
+def test_eval_bag_without_checkpoint_uses_the_shipped_model_of_the_bags_drone(tmp_path, capsys):
+    """The README's command: `drone-pose eval-bag BAG --out DIR`, the drone read from the bag's metadata."""
+    bag = tmp_path / "flight"
+    common = ["--seconds", "0.5", "--rate", "4", "--width", "160", "--height", "120", "--workers", "1"]
+    assert main(["synth-bag", "--drone", "tello", "--out", str(bag), *common]) == 0
+    capsys.readouterr()
+    assert bag_drone(bag) == "tello"
+    assert main(["eval-bag", str(bag), "--out", str(tmp_path / "report"), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    results = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert results["label"] == "tello_hrnet_small.pt on flight/camera"
+    assert results["metrics"]["count"] == 2
