@@ -23,13 +23,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from drone_pose.errors import UserError
+
 FORMAT = "drone_pose.synthetic"
 VERSION = 1
 INDEX_FILE = "dataset.json"
 SHARD_KEYS = ("encoded", "offsets", "mask_bits", "keypoints", "visibility", "bbox", "R", "t", "index")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError):
     """A dataset folder, index or shard that cannot be read."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from drone_pose.errors import UserError
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.nets.build import NetworkConfigError, build_network, network_config
 from drone_pose.nets.flip import validate_flip_test
@@ -42,7 +43,7 @@ DEFAULT_DRONE = "m2ed"
 SHIPPED_CHECKPOINTS = {"m2ed": "m2ed_hrnet_lite.pt", "tello": "tello_hrnet_small.pt"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, or whose contents do not describe a usable model."""
 
 
