@@ -47,7 +47,8 @@ def temporary_name(final: Path) -> Path:
 def atomic_path(destination: str | Path) -> Iterator[Path]:
     """A temporary path to write `destination`'s content to (an empty file already there, created
     with the destination's permissions); renamed to `destination` when the block ends normally,
-    removed when it raises. Creates the destination's folder when missing."""
+    removed when it raises. Creates the destination's folder when missing. An OSError of the writer
+    that names no file (a full disk) is raised again naming the destination."""
     final = checked_destination(destination)
     final.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_name(final)
@@ -61,9 +62,12 @@ def atomic_path(destination: str | Path) -> Iterator[Path]:
         _fsync(temporary)
         os.replace(temporary, final)
         _fsync(final.parent)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+            # a failed write() names no file: name the destination (ENOSPC, EFBIG, EIO, ...)
+            raise type(error)(error.errno, error.strerror, str(destination)) from error
         raise
 
 
@@ -85,7 +89,7 @@ def write_text(destination: str | Path, text: str) -> Path:
     return Path(destination)
 
 
-def write_bytes(destination: str | Path, data: bytes) -> Path:
+def write_bytes(destination: str | Path, data: bytes | memoryview) -> Path:
     """`data` as the whole content of `destination`; returns the destination."""
     with atomic_open(destination, "wb") as handle:
         handle.write(data)

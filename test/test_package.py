@@ -97,7 +97,7 @@ def test_the_algorithm_never_imports_rclpy():
 LAYERS: dict[str, int] = {
     "resources": 0,
     "errors": 0,
-    "atomic_files": 0,
+    "atomic_files": 1,  # raises errors.OutputPathError
     "geometry": 1,
     "drones": 1,
     "data": 2,

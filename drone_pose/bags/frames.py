@@ -7,15 +7,40 @@ Topics of camera NAME: /NAME/image_raw (rgb8, bgr8, mono8), /NAME/camera_info an
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rosbags.rosbag2 import Reader
+from rosbags.rosbag2 import Reader, ReaderError
 
 from drone_pose.bags import messages
+from drone_pose.errors import UserError
 from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
+
+
+class BagError(UserError):
+    """A bag that is missing or that rosbags cannot open."""
+
+
+@contextlib.contextmanager
+def open_bag(bag: str | Path) -> Iterator[Reader]:
+    """An open rosbags Reader of `bag` (a rosbag2 folder, or a bare .mcap / .db3 file), closed at the
+    end of the block; BagError naming the bag when it is missing or unreadable."""
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except (OSError, ReaderError) as error:
+        raise BagError(
+            f"{bag}: not a readable rosbag2 bag ({' '.join(str(error).split())}); give the folder "
+            "`ros2 bag record` or `drone-pose synth-bag` wrote"
+        ) from error
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def image_array(msg: Any) -> np.ndarray:
@@ -48,10 +73,10 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
         f"/{camera}/camera_info": infos,
         f"/{camera}/ground_truth/pose": truths,
     }
-    with Reader(bag) as reader:
+    with open_bag(bag) as reader:
         connections = [c for c in reader.connections if c.topic in topics]
         if not any(c.topic == f"/{camera}/image_raw" for c in connections):
-            raise ValueError(f"{bag}: no /{camera}/image_raw topic")
+            raise UserError(f"{bag}: no /{camera}/image_raw topic; check --camera")
         for connection, _, raw in reader.messages(connections=connections):
             try:
                 message = messages.deserialize(raw, connection.msgtype)
@@ -93,5 +118,5 @@ def bag_drone(bag: str | Path) -> str | None:
     rosbags keeps a bag's metadata.yaml (custom_data included) on the storage reader the unified
     Reader opens (`Reader.storage.metadata`); a bare .mcap or .db3 file has no custom data.
     """
-    with Reader(bag) as reader:
+    with open_bag(bag) as reader:
         return (reader.storage.metadata.custom or {}).get("drone_pose.drone")

@@ -9,6 +9,7 @@ its traceback instead. Any other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,16 @@ COMMAND_MODULES = (
 
 
 DEBUG_ENVIRONMENT = "DRONE_POSE_DEBUG"
+OS_ERROR_HINTS = {  # what to do about an OSError on a path the user named
+    errno.ENOSPC: "free disk space and run again",
+    errno.EDQUOT: "free disk space and run again",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "choose a writable location",
+    errno.EEXIST: "choose another path (it exists and is not a folder)",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "name a file, not a folder",
+}
 USAGE_ERROR = 2
 
 
@@ -82,6 +93,7 @@ def user_error_message(error: BaseException) -> str | None:
             return None
         reason = error.strerror or type(error).__name__
         target = f" -> {error.filename2}" if error.filename2 is not None else ""
-        return f"{error.filename}{target}: {reason}; check the path"
+        hint = OS_ERROR_HINTS.get(error.errno or 0, "check the path")
+        return f"{error.filename}{target}: {reason}; {hint}"
     text = " ".join(str(error).split())  # one line whatever the message
     return text or type(error).__name__
