@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import CameraInfo, Image
 
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
-from drone_pose.bags.frames import BagReadError, read_frames
+from drone_pose.bags.frames import BagError, read_frames
 from drone_pose.inference.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
 from drone_pose.ros.frame_pairing import MIN_IMAGE_SIDE_PX, PAIRING_REJECTIONS, FrameMailbox, FramePairing
 from drone_pose.ros.image_conversions import ENCODINGS, ImageConversionError, image_to_numpy, rgb_of
@@ -231,7 +231,7 @@ def small_bag(tmp_path_factory) -> Path:
 @given(st.data())
 def test_a_mutated_bag_reads_with_counted_skips_or_raises_a_bag_error(small_bag, scratch, data):
     """Any frame read_frames returns is whole and finite; bad messages are skipped and counted; a bag
-    it cannot read at all raises BagReadError naming the bag."""
+    it cannot read at all raises BagError naming the bag."""
     mcap = next(small_bag.glob("*.mcap"))
     copy = scratch / "flight"
     shutil.rmtree(copy, ignore_errors=True)
@@ -239,7 +239,7 @@ def test_a_mutated_bag_reads_with_counted_skips_or_raises_a_bag_error(small_bag,
     (copy / mcap.name).write_bytes(mutate(mcap.read_bytes(), data.draw(mutations(mcap.stat().st_size))))
     try:
         frames, skipped = read_frames(copy, "camera")
-    except BagReadError as error:
+    except BagError as error:
         assert str(copy) in str(error)  # noqa: PT017
         return
     assert set(skipped) >= {"undecodable", "no_camera_info", "no_ground_truth"}

@@ -35,6 +35,7 @@ from drone_pose.bags import messages
 from drone_pose.data.flights import Flight, FlightConfig, RigCamera, make_rig, sample_flight
 from drone_pose.data.synth import SceneConfig, check_camera, render_background, render_scene
 from drone_pose.drones import load_drone
+from drone_pose.errors import UserError
 from drone_pose.geometry.camera import PinholeCamera
 
 WORLD_FRAME = "world"
@@ -132,7 +133,7 @@ def write_flight_bag(
         raise ValueError("output bag path is empty")
     out = Path(out)
     if out.exists():
-        raise ValueError(f"{out} already exists; rosbag2 writes a new folder")
+        raise UserError(f"{out} already exists; rosbag2 writes a new folder: name another --out")
     if storage not in STORAGES:
         raise ValueError(f"unknown storage {storage!r}; expected one of {sorted(STORAGES)}")
     if not 1 <= spec.cameras <= 4:

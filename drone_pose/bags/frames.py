@@ -7,19 +7,40 @@ Topics of camera NAME: /NAME/image_raw (rgb8, bgr8, mono8), /NAME/camera_info an
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rosbags.rosbag2 import Reader
+from rosbags.rosbag2 import Reader, ReaderError
 
 from drone_pose.bags import messages
+from drone_pose.errors import UserError
 from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
 
 
-class BagReadError(ValueError):
-    """A bag that cannot be read: missing, not a rosbag2 folder, or with corrupt storage."""
+class BagError(UserError):
+    """A bag that is missing, that rosbags cannot open, or whose storage is corrupt."""
+
+
+@contextlib.contextmanager
+def open_bag(bag: str | Path) -> Iterator[Reader]:
+    """An open rosbags Reader of `bag` (a rosbag2 folder, or a bare .mcap / .db3 file), closed at the
+    end of the block; BagError naming the bag when it is missing or unreadable."""
+    try:
+        reader = Reader(bag)
+        reader.open()
+    except (OSError, ReaderError) as error:
+        raise BagError(
+            f"{bag}: not a readable rosbag2 bag ({' '.join(str(error).split())}); give the folder "
+            "`ros2 bag record` or `drone-pose synth-bag` wrote"
+        ) from error
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def image_array(msg: Any) -> np.ndarray:
@@ -53,10 +74,10 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
         f"/{camera}/ground_truth/pose": truths,
     }
     try:
-        with Reader(bag) as reader:
+        with open_bag(bag) as reader:
             connections = [c for c in reader.connections if c.topic in topics]
             if not any(c.topic == f"/{camera}/image_raw" for c in connections):
-                raise BagReadError(f"{bag}: no /{camera}/image_raw topic")
+                raise BagError(f"{bag}: no /{camera}/image_raw topic; check --camera")
             for connection, _, raw in reader.messages(connections=connections):
                 try:
                     message = messages.deserialize(raw, connection.msgtype)
@@ -64,10 +85,10 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
                     skipped["undecodable"] += 1
                     continue
                 topics[connection.topic][messages.stamp_ns(message.header)] = message
-    except BagReadError:
+    except BagError:
         raise
-    except Exception as error:  # rosbags raises ReaderError, UnicodeDecodeError, KeyError, MemoryError...
-        raise BagReadError(f"{bag}: not a readable rosbag2 bag ({type(error).__name__}: {error})") from error
+    except Exception as error:  # corrupt storage: ReaderError, UnicodeDecodeError, KeyError, MemoryError...
+        raise BagError(f"{bag}: not a readable rosbag2 bag ({type(error).__name__}: {error})") from error
     frames = []
     for stamp in sorted(images):
         if stamp not in infos:
@@ -102,5 +123,5 @@ def bag_drone(bag: str | Path) -> str | None:
     rosbags keeps a bag's metadata.yaml (custom_data included) on the storage reader the unified
     Reader opens (`Reader.storage.metadata`); a bare .mcap or .db3 file has no custom data.
     """
-    with Reader(bag) as reader:
+    with open_bag(bag) as reader:
         return (reader.storage.metadata.custom or {}).get("drone_pose.drone")

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from drone_pose.bench.timing import machine_info, median_ms
+from drone_pose.errors import UserError
 from drone_pose.nets.build import PRESETS, build_network, count_parameters
 from drone_pose.nets.heatmap_codec import gaussian_targets
 from drone_pose.nets.predictor import HeatmapPredictor
@@ -170,7 +171,7 @@ def run_benchmark(
     """Every architecture on every device (default: CPU, plus CUDA when available)."""
     unknown = [name for name in architectures if name not in PRESETS]
     if unknown:
-        raise ValueError(f"unknown architectures {unknown}; presets: {', '.join(PRESETS)}")
+        raise UserError(f"unknown architectures {unknown}; presets: {', '.join(PRESETS)}")
     if devices is None:
         devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
     results = [

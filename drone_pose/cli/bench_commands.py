@@ -5,6 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from drone_pose.cli.arguments import (
+    device_option,
+    node_device_option,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
+
 
 def _cmd_bench_pnp(args: argparse.Namespace) -> int:
     import torch
@@ -59,32 +67,34 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         dest="target", required=True
     )
     pnp = bench.add_parser("pnp", help="PnP methods next to OpenCV loops: times (ms) and accuracy")
-    pnp.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 24, 1024])
-    pnp.add_argument("--points", type=int, nargs="+", default=[9, 20])
+    pnp.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 24, 1024])
+    pnp.add_argument("--points", type=positive_int, nargs="+", default=[9, 20])
     pnp.add_argument("--problems", choices=["uava_m2ed", "generic"], default="uava_m2ed")
     pnp.add_argument("--devices", nargs="+", help="default: cpu, plus cuda when available")
     pnp.add_argument("--float64", action="store_true", help="inputs in float64 (default float32)")
-    pnp.add_argument("--noise", type=float, default=1.0, help="keypoint noise, pixels")
-    pnp.add_argument("--repeats", type=int, default=5)
+    pnp.add_argument("--noise", type=non_negative_float, default=1.0, help="keypoint noise, pixels")
+    pnp.add_argument("--repeats", type=positive_int, default=5)
     pnp.set_defaults(run=_cmd_bench_pnp)
     from drone_pose.bench.nets import STUDY_ARCHITECTURES
 
     net = bench.add_parser("net", help="keypoint networks: parameters, GFLOPs, latency, throughput")
     net.add_argument("--architectures", nargs="+", default=list(STUDY_ARCHITECTURES))
     net.add_argument("--devices", nargs="+", help="default: cpu, plus cuda when available")
-    net.add_argument("--width", type=int, default=320)
-    net.add_argument("--height", type=int, default=240)
-    net.add_argument("--batch", type=int, default=8, help="batch size of the throughput figure")
-    net.add_argument("--repeats", type=int, default=10)
+    net.add_argument("--width", type=positive_int, default=320)
+    net.add_argument("--height", type=positive_int, default=240)
+    net.add_argument("--batch", type=positive_int, default=8, help="batch size of the throughput figure")
+    net.add_argument("--repeats", type=positive_int, default=10)
     net.set_defaults(run=_cmd_bench_net)
     tracker = bench.add_parser(
         "tracker", help="tracker node over DDS: image publish -> pose receipt latency at a fixed rate"
     )
     tracker.add_argument("--checkpoint", help="default: the shipped checkpoint of --drone")
     tracker.add_argument("--drone", default="m2ed")
-    tracker.add_argument("--seconds", type=float, default=60.0)
-    tracker.add_argument("--rate", type=float, default=15.0, help="input frame rate, Hz")
-    tracker.add_argument("--device", default="cpu", help="the tracker's device (cpu, cuda, auto)")
+    tracker.add_argument("--seconds", type=positive_float, default=60.0)
+    tracker.add_argument("--rate", type=positive_float, default=15.0, help="input frame rate, Hz")
+    tracker.add_argument(
+        "--device", type=node_device_option, default="cpu", help="the tracker's device (cpu, cuda, auto)"
+    )
     tracker.add_argument("--param", action="append", help="extra tracker parameter name:=value")
     tracker.set_defaults(run=_cmd_bench_tracker)
     _add_bench_soak(bench)
@@ -166,11 +176,11 @@ def _add_bench_train(bench: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--phases", nargs="+", default=["heatmap", "pose"], choices=["heatmap", "pose", "mixture"]
     )
-    train.add_argument("--batch", type=int, default=24)
-    train.add_argument("--steps", type=int, default=10, help="timed steps (after 3 warm-up steps)")
-    train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    train.add_argument("--width", type=int, default=320)
-    train.add_argument("--height", type=int, default=240)
+    train.add_argument("--batch", type=positive_int, default=24)
+    train.add_argument("--steps", type=positive_int, default=10, help="timed steps (after 3 warm-up steps)")
+    train.add_argument("--device", type=device_option, help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--width", type=positive_int, default=320)
+    train.add_argument("--height", type=positive_int, default=240)
     train.set_defaults(run=_cmd_bench_train)
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from drone_pose import __version__
+from drone_pose.cli.arguments import positive_float, positive_int
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -83,20 +84,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _add_synth(commands: argparse._SubParsersAction) -> None:
     synth = commands.add_parser("synth", help="render a synthetic UAVA-like dataset (sharded, split)")
     synth.add_argument("--drone", default="m2ed", help="built-in drone name or drone YAML path")
-    synth.add_argument("--count", type=int, default=1000)
+    synth.add_argument("--count", type=positive_int, default=1000)
     synth.add_argument(
         "--out",
         required=True,
         help="output folder (created; must be empty, or an interrupted synth with these settings: resumed)",
     )
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--workers", type=int, help="processes (default: one per core)")
-    synth.add_argument("--shard-size", type=int, default=256)
+    synth.add_argument("--workers", type=positive_int, help="processes (default: one per core)")
+    synth.add_argument("--shard-size", type=positive_int, default=256)
     synth.add_argument(
         "--splits", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST")
     )
-    synth.add_argument("--width", type=int, help="image width (default 320, the UAVA camera)")
-    synth.add_argument("--height", type=int, help="image height (default 240)")
+    synth.add_argument("--width", type=positive_int, help="image width (default 320, the UAVA camera)")
+    synth.add_argument("--height", type=positive_int, help="image height (default 240)")
     synth.add_argument("--backgrounds", help="folder of background photos (used for half the images)")
     synth.add_argument(
         "--allow-outside", action="store_true", help="keep poses whose keypoints leave the image (robustness)"
@@ -125,16 +126,16 @@ def _cmd_synth_bag(args: argparse.Namespace) -> int:
 def _add_synth_bag(commands: argparse._SubParsersAction) -> None:
     bag = commands.add_parser("synth-bag", help="render a synthetic drone flight into a rosbag2 file")
     bag.add_argument("--drone", default="m2ed", help="built-in drone name or drone YAML path")
-    bag.add_argument("--seconds", type=float, default=20.0)
-    bag.add_argument("--rate", type=float, default=30.0, help="camera frame rate, Hz")
+    bag.add_argument("--seconds", type=positive_float, default=20.0)
+    bag.add_argument("--rate", type=positive_float, default=30.0, help="camera frame rate, Hz")
     bag.add_argument("--cameras", type=int, default=1, choices=[1, 2, 3, 4], help="cameras in the rig")
     bag.add_argument("--out", required=True, help="bag folder to create (must not exist)")
     bag.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     bag.add_argument("--seed", type=int, default=0)
-    bag.add_argument("--width", type=int, default=320)
-    bag.add_argument("--height", type=int, default=240)
+    bag.add_argument("--width", type=positive_int, default=320)
+    bag.add_argument("--height", type=positive_int, default=240)
     bag.add_argument("--backgrounds", help="folder of background photos")
-    bag.add_argument("--workers", type=int, help="render processes (default: one per core)")
+    bag.add_argument("--workers", type=positive_int, help="render processes (default: one per core)")
     bag.set_defaults(run=_cmd_synth_bag)
 
 

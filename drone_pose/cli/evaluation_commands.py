@@ -7,7 +7,15 @@ import argparse
 import json
 import sys
 
-from drone_pose.cli.arguments import add_flip_test_argument, add_split_arguments, split_options, zoom_option
+from drone_pose.cli.arguments import (
+    add_flip_test_argument,
+    add_split_arguments,
+    device_option,
+    non_negative_float,
+    positive_int,
+    split_options,
+    zoom_option,
+)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -69,8 +77,8 @@ def _add_eval_bag(commands: argparse._SubParsersAction) -> None:
         "--out", required=True, help="report folder (results, frames.csv, plots, estimates/)"
     )
     bag_eval.add_argument("--camera", default="camera", help="camera name in the bag's topics")
-    bag_eval.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    bag_eval.add_argument("--batch-size", type=int, default=8)
+    bag_eval.add_argument("--device", type=device_option, help="cpu or cuda (default: cuda when available)")
+    bag_eval.add_argument("--batch-size", type=positive_int, default=8)
     bag_eval.set_defaults(run=_cmd_eval_bag)
 
 
@@ -116,8 +124,10 @@ def _add_keypoint_budget(commands: argparse._SubParsersAction) -> None:
     )
     budget.add_argument("--data", required=True, help="dataset folder (drone-pose synth)")
     budget.add_argument("--split", default="test")
-    budget.add_argument("--sigmas", type=float, nargs="+", help="noise stds, px (default 0 0.1 0.25 0.5 1 2)")
-    budget.add_argument("--limit", type=int, help="only the first N samples")
+    budget.add_argument(
+        "--sigmas", type=non_negative_float, nargs="+", help="noise stds, px (default 0 0.1 0.25 0.5 1 2)"
+    )
+    budget.add_argument("--limit", type=positive_int, help="only the first N samples")
     budget.add_argument("--seed", type=int, default=0, help="seed of the noise draw")
     budget.add_argument("--out", help="also write the rows as JSON to this file")
     budget.set_defaults(run=_cmd_keypoint_budget)

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from drone_pose.cli.arguments import node_device_option, non_negative_float, positive_float
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from drone_pose.ros.demo import run_demo
@@ -28,10 +30,12 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--out", default="demo_output", help="output folder")
     demo.add_argument("--drone", default="m2ed")
-    demo.add_argument("--seconds", type=float, default=10.0, help="flight length")
-    demo.add_argument("--rate", type=float, default=15.0, help="camera frame rate, Hz")
+    demo.add_argument("--seconds", type=positive_float, default=10.0, help="flight length")
+    demo.add_argument("--rate", type=positive_float, default=15.0, help="camera frame rate, Hz")
     demo.add_argument("--checkpoint", help="default: the shipped checkpoint of --drone")
-    demo.add_argument("--device", default="cpu", help="the tracker's device (cpu, cuda, auto)")
+    demo.add_argument(
+        "--device", type=node_device_option, default="cpu", help="the tracker's device (cpu, cuda, auto)"
+    )
     demo.set_defaults(run=_cmd_demo)
 
 
@@ -54,7 +58,7 @@ def _add_launch(commands: argparse._SubParsersAction) -> None:
     launch.add_argument("launch", choices=["tracker", "multi_camera"])
     launch.add_argument("arguments", nargs="*", help="launch arguments name:=value (e.g. checkpoint:=m.pt)")
     launch.add_argument("--dry-run", action="store_true", help="print the environment and commands only")
-    launch.add_argument("--duration", type=float, help="stop the nodes after this many seconds")
+    launch.add_argument("--duration", type=positive_float, help="stop the nodes after this many seconds")
     launch.set_defaults(run=_cmd_launch)
 
 
@@ -80,14 +84,17 @@ def _add_replay(commands: argparse._SubParsersAction) -> None:
         "replay", help="publish a rosbag2 file over DDS with its timing (ros2 bag play)"
     )
     replay.add_argument("bag", help="rosbag2 folder (MCAP or sqlite3)")
-    replay.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    replay.add_argument("--rate", type=positive_float, default=1.0, help="playback speed factor")
     replay.add_argument("--loop", action="store_true")
     replay.add_argument("--topics", nargs="+", help="only these topics")
     replay.add_argument("--clock", action="store_true", help="publish /clock from the bag time")
     replay.add_argument("--wait-for", help="wait until this topic has a subscriber before playing")
-    replay.add_argument("--wait-timeout", type=float, default=30.0)
+    replay.add_argument("--wait-timeout", type=positive_float, default=30.0)
     replay.add_argument(
-        "--delay", type=float, default=0.5, help="seconds between discovery and the first message"
+        "--delay",
+        type=non_negative_float,
+        default=0.5,
+        help="seconds between discovery and the first message",
     )
     replay.set_defaults(run=_cmd_replay)
 

@@ -7,6 +7,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from drone_pose.cli.arguments import positive_int
+from drone_pose.errors import UserError
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from drone_pose.train.config import load_config
@@ -58,7 +61,12 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     network = args.network
     if network is not None and network.lstrip().startswith("{"):
-        network = json.loads(network)
+        try:
+            network = json.loads(network)
+        except json.JSONDecodeError as error:
+            raise UserError(
+                f"--network is not valid JSON ({error}); give a preset name or a JSON mapping"
+            ) from None
     summary = reproduce(
         args.out,
         args.results,
@@ -78,14 +86,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _drone_checkpoints(pairs: Sequence[str]) -> dict[str, str]:
-    """`DRONE=CHECKPOINT` arguments as a mapping; a malformed one or a missing file exits with a message."""
+    """`DRONE=CHECKPOINT` arguments as a mapping; UserError for a malformed one or a missing file."""
     result = {}
     for pair in pairs:
         drone, sep, path = pair.partition("=")
         if not sep or not drone or not path:
-            raise SystemExit(f"drone-pose reproduce: --init {pair!r} must look like DRONE=CHECKPOINT")
+            raise UserError(f"--init {pair!r} must look like DRONE=CHECKPOINT")
         if not Path(path).is_file():
-            raise SystemExit(f"drone-pose reproduce: --init {drone}: checkpoint not found: {path}")
+            raise UserError(f"--init {drone}: checkpoint not found: {path}")
         result[drone] = path
     return result
 
@@ -96,11 +104,13 @@ def _add_reproduce(commands: argparse._SubParsersAction) -> None:
     grid.add_argument("--results", default="docs/results.md", help="the results page to write")
     grid.add_argument("--drones", nargs="+", default=["m2ed", "tello"])
     grid.add_argument("--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7], choices=[3, 4, 5, 6, 7])
-    grid.add_argument("--epochs", type=int, default=44, help="epochs per run (the study: 44)")
-    grid.add_argument("--images", type=int, default=20000, help="rendered images per drone (80/10/10 split)")
+    grid.add_argument("--epochs", type=positive_int, default=44, help="epochs per run (the study: 44)")
+    grid.add_argument(
+        "--images", type=positive_int, default=20000, help="rendered images per drone (80/10/10 split)"
+    )
     grid.add_argument("--network", help="replace HRNet-W48 (preset name or JSON mapping), e.g. hrnet_lite")
-    grid.add_argument("--width", type=int, default=320)
-    grid.add_argument("--height", type=int, default=240)
+    grid.add_argument("--width", type=positive_int, default=320)
+    grid.add_argument("--height", type=positive_int, default=240)
     grid.add_argument("--set", action="append", help="extra training override for every run (key=value)")
     grid.add_argument(
         "--init",

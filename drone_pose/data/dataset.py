@@ -30,6 +30,7 @@ from drone_pose.data.augment import AugmentConfig, GeometricSample, augment
 from drone_pose.data.generate import SPLITS, GenerationSpec, render_sample
 from drone_pose.data.shards import SHARD_KEYS, DatasetFormatError, read_index
 from drone_pose.drones import load_drone
+from drone_pose.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class ShardDataset(AugmentedDataset):
     ) -> None:
         super().__init__(augment, seed)
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+            raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         self.root = Path(root)
         self.index_data = read_index(self.root)
         camera = self.index_data["camera"]

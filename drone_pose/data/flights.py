@@ -19,6 +19,7 @@ from scipy.interpolate import CubicHermiteSpline
 
 from drone_pose.data.poses import PoseSamplingConfig, size_range_for
 from drone_pose.drones import DroneModel
+from drone_pose.errors import UserError
 
 GRAVITY = 9.81
 CAMERA_AZIMUTHS_DEG = (0.0, 50.0, -50.0, 100.0)  # around the flight centre, for rigs of 1..4
@@ -139,7 +140,7 @@ def sample_flight(
 ) -> Flight:
     """A random flight of `seconds` sampled at rate_hz, seen by every camera of the rig."""
     if not (seconds > 0 and rate_hz > 0 and math.isfinite(seconds) and math.isfinite(rate_hz)):
-        raise ValueError(f"seconds and rate must be positive, got {seconds} s at {rate_hz} Hz")
+        raise UserError(f"seconds and rate must be positive, got {seconds} s at {rate_hz} Hz")
     config = config or FlightConfig()
     near, far = distance_range(drone, rig[0].K, rig[0].width)
     knots_t, knots_p, knots_yaw = [0.0], [], [rng.uniform(-math.pi, math.pi)]

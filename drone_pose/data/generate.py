@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from drone_pose.atomic_files import write_text
 from drone_pose.data.poses import PoseSamplingConfig, apparent_size_px, sample_poses
 from drone_pose.data.shards import FORMAT, INDEX_FILE, VERSION, encode_shard, read_shard, write_shard
 from drone_pose.data.synth import SceneConfig, check_camera, render_scene
 from drone_pose.data.synth_progress import SynthFolderError, open_output, synth_settings
 from drone_pose.drones import DroneModel, load_drone
+from drone_pose.errors import UserError
 from drone_pose.geometry.camera import PinholeCamera
 
 SPLITS = ("train", "val", "test")
@@ -125,11 +127,11 @@ def _complete_shard_result(spec: GenerationSpec, job: GenerationJob, drone: Dron
 def plan_jobs(count: int, fractions: tuple[float, float, float], shard_size: int) -> list[GenerationJob]:
     """Shards of at most shard_size samples per split; splits take consecutive sample indices."""
     if count <= 0:
-        raise ValueError(f"count must be positive, got {count}")
+        raise UserError(f"count must be positive, got {count}")
     if shard_size <= 0:
-        raise ValueError(f"shard size must be positive, got {shard_size}")
+        raise UserError(f"shard size must be positive, got {shard_size}")
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise UserError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     n_train = round(fractions[0] * count)
     n_val = min(round(fractions[1] * count), count - n_train)
     sizes = {"train": n_train, "val": n_val, "test": count - n_train - n_val}
@@ -235,7 +237,7 @@ def generate_dataset(
             "resumed_shards": len(complete),
         },
     }
-    (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    write_text(out / INDEX_FILE, json.dumps(index, indent=2))
     return index
 
 

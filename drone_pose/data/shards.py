@@ -25,13 +25,16 @@ from typing import Any
 import cv2
 import numpy as np
 
+from drone_pose.atomic_files import atomic_open
+from drone_pose.errors import UserError
+
 FORMAT = "drone_pose.synthetic"
 VERSION = 1
 INDEX_FILE = "dataset.json"
 SHARD_KEYS = ("encoded", "offsets", "mask_bits", "keypoints", "visibility", "bbox", "R", "t", "index")
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError):
     """A dataset folder, index or shard that cannot be read."""
 
 
@@ -106,11 +109,9 @@ def encode_shard(
 
 
 def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a shard atomically (temporary file, then rename)."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("wb") as handle:
+    """Write a shard whole or not at all (drone_pose.atomic_files)."""
+    with atomic_open(path, "wb") as handle:
         np.savez(handle, **arrays)
-    partial.replace(path)
 
 
 def read_shard(path: Path) -> Shard:

@@ -22,6 +22,7 @@ import numpy as np
 from drone_pose.data.poses import PoseSamplingConfig
 from drone_pose.data.shards import INDEX_FILE, DatasetFormatError, read_shard
 from drone_pose.data.synth import SceneConfig
+from drone_pose.errors import UserError
 from drone_pose.geometry.camera import PinholeCamera
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ SETTINGS_FILE = "synth_settings.json"
 SETTINGS_FORMAT = "drone_pose.synthetic_settings"
 
 
-class SynthFolderError(ValueError):
+class SynthFolderError(UserError):
     """An output folder synth cannot render into (a finished dataset, other settings, foreign files)."""
 
 

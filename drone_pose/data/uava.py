@@ -31,6 +31,7 @@ from drone_pose.data.dataset import AugmentedDataset
 from drone_pose.data.generate import SPLITS
 from drone_pose.data.shards import DatasetFormatError
 from drone_pose.drones import load_drone
+from drone_pose.errors import UserError
 from drone_pose.geometry.camera import PinholeCamera
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class UAVADataset(AugmentedDataset):
     ) -> None:
         super().__init__(augment, seed)
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+            raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
         if camera_convention not in ("opencv", "opengl"):
             raise ValueError(f"camera_convention must be 'opencv' or 'opengl', got {camera_convention!r}")
         self.root = Path(root)

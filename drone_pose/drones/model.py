@@ -14,8 +14,10 @@ import numpy as np
 import torch
 import trimesh
 
+from drone_pose.errors import UserError
 
-class DroneModelError(ValueError):
+
+class DroneModelError(UserError):
     """A drone model that cannot be found or whose files are malformed."""
 
 

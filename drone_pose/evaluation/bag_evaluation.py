@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from drone_pose.atomic_files import atomic_open
 from drone_pose.bags.estimates_bag import EstimatedFrame, write_estimates_bag
 from drone_pose.bags.frames import bag_drone, read_frames
 from drone_pose.drones import load_drone
+from drone_pose.errors import UserError
 from drone_pose.evaluation.drone_pairing import refuse_other_drone
 from drone_pose.evaluation.reports import markdown_table, size_table, write_report
 from drone_pose.evaluation.scoring import Scores, score_estimates
@@ -49,7 +51,9 @@ def evaluate_bag(
     refuse_other_drone(drone.name, shown_drone, str(bag))
     frames, skipped = read_frames(bag, camera)
     if not frames:
-        raise ValueError(f"{bag}: no frame of /{camera} has camera_info and ground truth")
+        raise UserError(
+            f"{bag}: no frame of /{camera} has camera_info and ground truth; check the bag and --camera"
+        )
     started = time.perf_counter()
     estimates = [
         estimator.estimate(np.stack([f["rgb"] for f in group]), np.stack([f["K"] for f in group]))
@@ -132,7 +136,7 @@ def _write_frames_csv(
 ) -> Path:
     """Per frame: stamp, valid, reason, rotation/translation/reprojection errors and the pose."""
     quaternions = matrix_to_quaternion_xyzw(estimate.R.double()).numpy()
-    with path.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             [

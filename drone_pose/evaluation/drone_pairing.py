@@ -6,8 +6,10 @@ from typing import Any
 
 from torch.utils.data import Subset
 
+from drone_pose.errors import UserError
 
-class DroneMismatchError(ValueError):
+
+class DroneMismatchError(UserError):
     """A checkpoint trained for one drone asked to run on data of another."""
 
 

@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from drone_pose.atomic_files import write_text
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.drones import load_drone
+from drone_pose.errors import UserError
 from drone_pose.evaluation.reports import METRIC_COLUMNS, format_metric
 from drone_pose.geometry.metrics import pose_errors, summarize_errors
 from drone_pose.inference.thresholds import EstimatorThresholds
@@ -46,9 +48,9 @@ def keypoint_noise_table(
     all keypoints weighted equally). The same noise draw, scaled, serves every sigma.
     """
     if any(not (s >= 0 and np.isfinite(s)) for s in sigmas_px):
-        raise ValueError(f"noise stds must be finite and >= 0 px, got {list(sigmas_px)}")
+        raise UserError(f"noise stds must be finite and >= 0 px, got {list(sigmas_px)}")
     if keypoints.shape[0] == 0:
-        raise ValueError("the dataset split is empty")
+        raise UserError("the dataset split is empty; pick another --split or a larger --limit")
     keypoints, K, R, t, x3d = (x.double() for x in (keypoints, K, R, t, keypoints_3d))
     if x3d.shape != (keypoints.shape[1], 3):
         raise ValueError(f"keypoints_3d must have shape [{keypoints.shape[1]}, 3], got {list(x3d.shape)}")
@@ -110,5 +112,5 @@ def keypoint_budget(
         "rows": rows,
     }
     if out is not None:
-        Path(out).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(out, json.dumps(summary, indent=2) + "\n")
     return {**summary, "table": budget_markdown(rows)}

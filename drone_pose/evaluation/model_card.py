@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import yaml
 
+from drone_pose.atomic_files import atomic_path, write_text
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.evaluation.keypoint_budget import budget_markdown, keypoint_budget
 from drone_pose.evaluation.reports import markdown_table, size_table, validity_sentence
@@ -106,7 +107,8 @@ def write_model_card(
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     shipped = out_stem.with_suffix(".pt")
     if Path(checkpoint).resolve() != shipped.resolve():
-        shutil.copyfile(checkpoint, shipped)
+        with atomic_path(shipped) as temporary:
+            shutil.copyfile(checkpoint, temporary)
     description = load_checkpoint(shipped)
     drone = description["drone"]["name"]
     config = training["config"]
@@ -163,7 +165,7 @@ def write_model_card(
         "evaluation_seconds": round(time.perf_counter() - started, 1),
         "note": note,
     }
-    out_stem.with_suffix(".json").write_text(json.dumps(figures, indent=2) + "\n")
+    write_text(out_stem.with_suffix(".json"), json.dumps(figures, indent=2) + "\n")
     table = full["table"]
     if one_pass is not None or no_flip is not None:
         passes = "two passes" if zoom else "one pass"
@@ -173,7 +175,7 @@ def write_model_card(
         if one_pass is not None:
             rows.append((f"{full['label']}, one pass", one_pass["metrics"]))
         table = markdown_table(rows)
-    out_stem.with_suffix(".md").write_text(_card_text(figures, table, shipped))
+    write_text(out_stem.with_suffix(".md"), _card_text(figures, table, shipped))
     return figures
 
 

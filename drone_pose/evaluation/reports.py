@@ -19,6 +19,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from drone_pose.atomic_files import atomic_open, atomic_path, write_text
+
 METRIC_COLUMNS = ("NPE", "AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5")
 SIZE_COLUMNS = ("AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5")
 
@@ -82,14 +84,14 @@ def write_report(
         "per_keypoint_px": dict(zip(keypoint_names, map(float, per_keypoint), strict=False)),
         "by_size": list(by_size),
     }
-    paths["json"].write_text(json.dumps(document, indent=2))
+    write_text(paths["json"], json.dumps(document, indent=2))
     text = f"# {label}\n\n" + markdown_table([(label, metrics)]) + _covariance_line(metrics)
     validity = validity_sentence(metrics)
     text += f"\n{validity}\n" if validity else ""
     if by_size:
         text += "\nBy the drone's size in the image (bins of about equal counts):\n\n" + size_table(by_size)
-    paths["markdown"].write_text(text)
-    with paths["samples"].open("w", newline="") as handle:
+    write_text(paths["markdown"], text)
+    with atomic_open(paths["samples"], "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(list(samples))
         writer.writerows(zip(*(np.asarray(v).tolist() for v in samples.values()), strict=True))
@@ -139,13 +141,15 @@ def _plots(
         axes[1].scatter(x, samples["translation_cm"], s=6, alpha=0.5, color="tab:orange")
         axes[1].set(xlabel=x_label, ylabel="translation error (cm)", yscale="log")
         paths[name] = out / f"{name}.png"
-        figure.savefig(paths[name], dpi=100)
+        with atomic_path(paths[name]) as temporary:
+            figure.savefig(temporary, dpi=100, format="png")
         plt.close(figure)
     figure, axis = plt.subplots(figsize=(8, 4), constrained_layout=True)
     axis.bar(range(len(per_keypoint)), per_keypoint)
     axis.set_xticks(range(len(per_keypoint)), list(names)[: len(per_keypoint)], rotation=45, ha="right")
     axis.set(ylabel="mean keypoint error (px)")
     paths["per_keypoint"] = out / "per_keypoint.png"
-    figure.savefig(paths["per_keypoint"], dpi=100)
+    with atomic_path(paths["per_keypoint"]) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     plt.close(figure)
     return paths

@@ -5,6 +5,7 @@ written as a report with plots and overlays.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from drone_pose.atomic_files import atomic_path
 from drone_pose.data.dataset import ShardDataset
 from drone_pose.data.uava import UAVADataset
 from drone_pose.drones import DroneModel
@@ -122,7 +124,9 @@ def evaluate_checkpoint(
                 truth=truth_keypoints.numpy(),
                 scale=2,
             )
-            cv2.imwrite(str(path), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            with atomic_path(path) as temporary:
+                if not cv2.imwrite(str(temporary), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR)):
+                    raise OSError(errno.EIO, "OpenCV could not write the image", str(path))
             summary["files"][f"overlay_{i:02d}"] = str(path)
     return summary
 

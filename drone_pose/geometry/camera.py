@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from drone_pose.errors import UserError
+
 # Pixel focal length of the UAVA set-up: 320x240 images with a 50.8 deg vertical field of view.
 UAVA_WIDTH = 320
 UAVA_HEIGHT = 240
@@ -140,7 +142,7 @@ class PinholeCamera:
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:
-            raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+            raise UserError(f"image size must be positive, got {self.width}x{self.height}")
         validate_intrinsics(self.K())
 
     @classmethod

@@ -18,7 +18,9 @@ untrusted input; no pickled code). Fields:
 
 from __future__ import annotations
 
+import io
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from drone_pose.atomic_files import write_bytes
+from drone_pose.errors import UserError
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.nets.build import NetworkConfigError, build_network, network_config
 from drone_pose.nets.flip import validate_flip_test
@@ -42,7 +46,7 @@ DEFAULT_DRONE = "m2ed"
 SHIPPED_CHECKPOINTS = {"m2ed": "m2ed_hrnet_lite.pt", "tello": "tello_hrnet_small.pt"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that is missing, unreadable, or whose contents do not describe a usable model."""
 
 
@@ -110,12 +114,29 @@ def make_checkpoint(
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Validate and write a checkpoint; returns the path."""
+    """Validate and write a checkpoint, whole or not at all (drone_pose.atomic_files); returns the path."""
     validate_checkpoint(checkpoint, str(path))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
+    write_torch(checkpoint, path)
     return path
+
+
+def write_torch(document: Any, path: str | Path) -> Path:
+    """torch.save of `document` to `path`, whole or not at all: serialised in memory, then written
+    by Python (a full disk is an OSError naming `path`; torch's own writer reports it as a bare
+    RuntimeError) through drone_pose.atomic_files."""
+    buffer = io.BytesIO()
+    torch.save(document, buffer)
+    return write_bytes(path, buffer.getbuffer())
+
+
+def _load_failure(error: Exception) -> str:
+    """torch.load's reason in one short line: for a weights-only refusal the unpickler's finding,
+    not torch's advice to load with weights_only=False (which would run the file's code)."""
+    text = str(error)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, flags=re.S)
+    line = " ".join((found.group(1) if found else text).split())
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def default_checkpoint(drone: str = DEFAULT_DRONE) -> Path:
@@ -142,7 +163,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise CheckpointError(
-            f"{path}: not a readable drone_pose checkpoint ({type(error).__name__}: {error})"
+            f"{path}: not a readable drone_pose checkpoint ({type(error).__name__}: {_load_failure(error)}); "
+            "give a checkpoint written by drone-pose train"
         ) from error
     validate_checkpoint(checkpoint, str(path))
     return checkpoint
@@ -245,4 +267,5 @@ __all__ = [
     "plain_network_config",
     "save_checkpoint",
     "validate_checkpoint",
+    "write_torch",
 ]

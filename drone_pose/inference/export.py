@@ -24,7 +24,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from drone_pose.inference.checkpoint import load_checkpoint, network_from_checkpoint
+from drone_pose.atomic_files import atomic_path
+from drone_pose.inference.checkpoint import CheckpointError, load_checkpoint, network_from_checkpoint
 from drone_pose.nets.flip import validate_flip_test
 from drone_pose.nets.predictor import HeatmapPredictor
 
@@ -33,6 +34,11 @@ FORMATS: tuple[str, ...] = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".ts"}
 METADATA_KEY = "drone_pose"
 MAX_BATCH = 256
+VERIFY_TOLERANCE = 1e-3  # largest exported-vs-PyTorch heatmap difference, times the peak (>= 1)
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported model does not reproduce PyTorch's heatmaps (a bug, not the user's input)."""
 
 
 def predictor_from_checkpoint(checkpoint: dict[str, Any], where: str) -> HeatmapPredictor:
@@ -65,7 +71,10 @@ def export_checkpoint(
 
     verify runs the exported file on random images at batch 1 and 3 (ONNX through onnxruntime,
     TorchScript through torch.jit.load) and reports the largest absolute heatmap difference from
-    PyTorch. Raises CheckpointError for a bad checkpoint, ValueError for an unknown format.
+    PyTorch (verify_export). The file is written and verified under a temporary name beside
+    `output` and takes its name only then (drone_pose.atomic_files): a failed export leaves what was
+    there. Raises CheckpointError for a bad checkpoint (non-finite heatmaps included),
+    OutputPathError for an output that is not a regular file, ValueError for an unknown format.
     """
     if export_format not in FORMATS:
         raise ValueError(f"export format must be one of {', '.join(FORMATS)}, got {export_format!r}")
@@ -73,84 +82,109 @@ def export_checkpoint(
     predictor = predictor_from_checkpoint(checkpoint, str(checkpoint_path))
     width, height = checkpoint["input"]["width"], checkpoint["input"]["height"]
     output = Path(output) if output else Path(checkpoint_path).with_suffix(SUFFIXES[export_format])
-    output.parent.mkdir(parents=True, exist_ok=True)
     description = json.dumps(export_description(checkpoint), sort_keys=True)
     example = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
-    start = time.perf_counter()
-    if export_format == "onnx":
-        _export_onnx(predictor, example, output, description)
-    else:
-        _export_torchscript(predictor, example, output, description)
-    report: dict[str, Any] = {
-        "format": export_format,
-        "path": str(output),
-        "bytes": output.stat().st_size,
-        "export_s": round(time.perf_counter() - start, 3),
-        "input": {"name": "images", "shape": ["batch", 3, height, width], "dtype": "float32"},
-        "drone": checkpoint["drone"]["name"],
-    }
-    with torch.inference_mode():
-        report["output"] = {"name": "heatmaps", "shape": ["batch", *predictor(example[:1]).shape[1:]]}
-    if verify:
-        report["verification"] = verify_export(predictor, output, export_format, (height, width), seed)
+    with atomic_path(output) as temporary:  # verified before it takes the output's name
+        start = time.perf_counter()
+        serialised = (_onnx_bytes if export_format == "onnx" else _torchscript_bytes)(
+            predictor, example, description
+        )
+        temporary.write_bytes(serialised)  # a full disk raises OSError here, before the rename
+        report: dict[str, Any] = {
+            "format": export_format,
+            "path": str(output),
+            "bytes": len(serialised),
+            "export_s": round(time.perf_counter() - start, 3),
+            "input": {"name": "images", "shape": ["batch", 3, height, width], "dtype": "float32"},
+            "drone": checkpoint["drone"]["name"],
+        }
+        with torch.inference_mode():
+            report["output"] = {"name": "heatmaps", "shape": ["batch", *predictor(example[:1]).shape[1:]]}
+        if verify:
+            report["verification"] = verify_export(
+                predictor, temporary, export_format, (height, width), seed, str(checkpoint_path)
+            )
     return report
 
 
-def _export_onnx(predictor: HeatmapPredictor, example: torch.Tensor, output: Path, description: str) -> None:
+def _onnx_bytes(predictor: HeatmapPredictor, example: torch.Tensor, description: str) -> bytes:
+    """The ONNX model (dynamic batch, description in metadata_props), checked, as file content."""
     import onnx
 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    buffer_path = output.with_suffix(".tmp.onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export internals
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
-            torch.onnx.export(
+            program = torch.onnx.export(
                 predictor,
                 (example,),
-                buffer_path,
                 input_names=["images"],
                 output_names=["heatmaps"],
                 dynamic_shapes={"images": {0: batch}},
                 dynamo=True,
-                external_data=False,
             )
-    model = onnx.load(buffer_path)
+    model = program.model_proto
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, description
     onnx.checker.check_model(model)
-    onnx.save(model, output)
-    buffer_path.unlink()
+    return model.SerializeToString()
 
 
-def _export_torchscript(
-    predictor: HeatmapPredictor, example: torch.Tensor, output: Path, description: str
-) -> None:
+def _torchscript_bytes(predictor: HeatmapPredictor, example: torch.Tensor, description: str) -> bytes:
+    """The traced TorchScript archive (description as extra file) as file content, serialised in
+    memory: written by Python, a full disk is an OSError rather than an abort inside libtorch."""
     with warnings.catch_warnings():
         # The trace fixes the (static) input size's output shapes: intended.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(predictor, example)
-        torch.jit.save(traced, str(output), _extra_files={f"{METADATA_KEY}.json": description})
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer, _extra_files={f"{METADATA_KEY}.json": description})
+    return buffer.getvalue()
 
 
 def verify_export(
-    predictor: HeatmapPredictor, path: Path, export_format: ExportFormat, size: tuple[int, int], seed: int
+    predictor: HeatmapPredictor,
+    path: Path,
+    export_format: ExportFormat,
+    size: tuple[int, int],
+    seed: int,
+    where: str = "checkpoint",
 ) -> dict[str, Any]:
-    """Largest absolute heatmap difference exported vs PyTorch at batch 1 and 3 (random images)."""
+    """Largest absolute heatmap difference exported vs PyTorch at batch 1 and 3 (random images).
+
+    Raises CheckpointError (naming `where`) when PyTorch or the exported model gives a non-finite
+    heatmap (NaN or infinite weights) and ExportVerificationError when the difference exceeds
+    VERIFY_TOLERANCE times the heatmap peak (at least 1).
+    """
     height, width = size
     generator = torch.Generator().manual_seed(seed + 1)
     run = _onnx_runner(path) if export_format == "onnx" else _torchscript_runner(path)
-    differences = {}
+    differences, peak = {}, 0.0
     for batch in (1, 3):
         images = torch.rand(batch, 3, height, width, generator=generator)
         with torch.inference_mode():
             expected = predictor(images).numpy()
         actual = run(images.numpy())
         if actual.shape != expected.shape:
-            raise RuntimeError(f"exported model gives shape {actual.shape}, PyTorch {expected.shape}")
+            raise ExportVerificationError(
+                f"{where}: exported model gives shape {actual.shape}, PyTorch {expected.shape}"
+            )
+        if not (np.isfinite(expected).all() and np.isfinite(actual).all()):
+            raise CheckpointError(
+                f"{where}: gives non-finite heatmaps (NaN or infinite weights); nothing exported, "
+                "export a checkpoint of a healthy training run"
+            )
         differences[f"batch_{batch}"] = float(np.abs(actual - expected).max())
-    return {"max_abs_difference": differences, "heatmap_peak": float(np.abs(expected).max())}
+        peak = max(peak, float(np.abs(expected).max()))
+    worst = max(differences.values())
+    if worst > VERIFY_TOLERANCE * max(peak, 1.0):
+        raise ExportVerificationError(
+            f"{where}: the {export_format} export differs from PyTorch by {worst:.3g} (heatmap peak "
+            f"{peak:.3g}); nothing exported, report this with the checkpoint"
+        )
+    return {"max_abs_difference": differences, "heatmap_peak": peak}
 
 
 def _onnx_runner(path: Path):

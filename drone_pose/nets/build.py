@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from torch import nn
 
+from drone_pose.errors import UserError
 from drone_pose.nets.hourglass import HourglassConfig, StackedHourglass
 from drone_pose.nets.hrnet import HRNet, HRNetConfig, StageConfig
 
@@ -68,7 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class NetworkConfigError(ValueError):
+class NetworkConfigError(UserError):
     """A network configuration that names an unknown architecture, key or value."""
 
 

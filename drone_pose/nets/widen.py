@@ -16,12 +16,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from drone_pose.errors import UserError
 from drone_pose.nets.hrnet import HRNetConfig
 
 _WIDTH_KEYS = ("stem_channels", "stem_planes")
 
 
-class WideningError(ValueError):
+class WideningError(UserError):
     """The two networks cannot be related by widening."""
 
 

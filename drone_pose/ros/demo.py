@@ -34,6 +34,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import Marker
 
+from drone_pose.atomic_files import write_text
 from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
 from drone_pose.bags.frames import read_frames
 from drone_pose.bags.messages import TYPESTORE
@@ -286,7 +287,7 @@ def run_demo(
         },
         "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
     log("4/4 results")
     rows = [(f"tracker over DDS ({live['poses']} poses / {live['frames']} frames)", live["metrics"])]
     rows.append(

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from drone_pose.errors import UserError
 from drone_pose.resources import config_dir
 from drone_pose.ros.tracker_parameters import TRACKER_NODE_NAME, parameter_default
 
@@ -20,7 +21,7 @@ TRACKER_EXECUTABLE = "tracker_node"
 TRACKER_MODULE = "drone_pose.ros.tracker_node"
 
 
-class LaunchArgumentError(ValueError):
+class LaunchArgumentError(UserError):
     """A launch argument that is unknown or has an unusable value."""
 
 

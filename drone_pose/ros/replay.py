@@ -23,6 +23,9 @@ from rosbags.interfaces import QosDurability, QosReliability
 from rosbags.rosbag2 import Reader
 from rosgraph_msgs.msg import Clock
 
+from drone_pose.bags.frames import open_bag
+from drone_pose.errors import UserError
+
 
 def message_class(type_name: str) -> type:
     """The rclpy message class of 'pkg/msg/Name'; ValueError when it is not installed."""
@@ -72,16 +75,16 @@ def replay_bag(
         raise ValueError(f"rate must be positive, got {rate}")
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"bag not found: {path}")
+        raise UserError(f"bag not found: {path}")
     rclpy.init()
     node = Node(node_name)
     published: Counter[str] = Counter()
     corrupt: Counter[str] = Counter()
     try:
-        with Reader(path) as reader:
+        with open_bag(path) as reader:
             connections = [c for c in reader.connections if topics is None or c.topic in topics]
             if not connections:
-                raise ValueError(f"{path}: none of the requested topics is in the bag")
+                raise UserError(f"{path}: none of the requested topics is in the bag; check --topics")
             classes = {c.id: message_class(c.msgtype) for c in connections}
             publishers = {c.id: node.create_publisher(classes[c.id], c.topic, qos_of(c)) for c in connections}
             clock_publisher = node.create_publisher(Clock, "/clock", 10) if clock else None

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from drone_pose.errors import UserError
 from drone_pose.nets.flip import FLIP_TEST_MODES
 
 HEATMAP_LOSSES = ("l1", "mse", "kl")
@@ -24,7 +25,7 @@ PNP_LAYERS = ("bpnp_exact", "bpnp_gauss_newton", "epnp")
 METRICS = ("ACC5", "ADD5", "ACC2", "ADD2", "Proj5", "Proj2", "keypoint_px")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A training configuration that cannot be used; the message names the key."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from drone_pose.atomic_files import write_text
 from drone_pose.data.generate import generate_dataset
 from drone_pose.data.shards import INDEX_FILE
 from drone_pose.evaluation.split_evaluation import evaluate_checkpoint, open_dataset
@@ -152,8 +153,7 @@ def reproduce(
         for drone, path in init.items()
     }
     page = results_page(measured, tables, drones, scale, starts)
-    Path(results).parent.mkdir(parents=True, exist_ok=True)
-    Path(results).write_text(page)
+    write_text(results, page)
     return {
         "results": str(results),
         "runs": len(done),
@@ -185,7 +185,7 @@ def _run_row(
             "test_minutes": evaluation["seconds"] / 60.0,
         },
     }
-    record.write_text(json.dumps({"overrides": overrides, "result": result}, indent=2))
+    write_text(record, json.dumps({"overrides": overrides, "result": result}, indent=2))
     return result
 
 

@@ -16,10 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from drone_pose.atomic_files import atomic_open
+from drone_pose.errors import UserError
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.inference.checkpoint import (
     make_checkpoint,
     save_checkpoint,
+    write_torch,
 )
 from drone_pose.train.config import TrainConfig, config_to_dict
 from drone_pose.train.preparation import TrainingRun, zoom_settings
@@ -34,7 +37,7 @@ RUN_FILES = ("last.pt", "best.pt", "swa.pt", "metrics.csv")
 LOCATION_KEYS = ("name", "output")
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError):
     """A run folder that cannot be used as asked: it holds a run, or it cannot be resumed."""
 
 
@@ -112,9 +115,7 @@ def save_state(run: TrainingRun, epoch: int, path: Path) -> None:
         "best": run.best,
         "history": run.history,
     }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    partial.replace(path)
+    write_torch(state, path)
 
 
 # Settings a resumed run may change: the schedule's length and how the steps execute.
@@ -201,12 +202,10 @@ def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="") as handle:
+    with atomic_open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    partial.replace(path)
 
 
 def open_tensorboard(run_dir: Path) -> Any:

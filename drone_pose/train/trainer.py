@@ -22,6 +22,7 @@ import torch.distributed as dist
 import yaml
 from torch.optim.swa_utils import update_bn
 
+from drone_pose.atomic_files import write_text
 from drone_pose.nets.build import count_parameters
 from drone_pose.train.config import TrainConfig, config_to_dict
 from drone_pose.train.epoch import (
@@ -70,7 +71,7 @@ def train(
         clear_run(run_dir)
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+        write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     writer = open_tensorboard(run_dir) if main_process else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp_enabled(run))
     started = time.perf_counter()
