@@ -495,10 +495,10 @@ def test_reproduce_starts_fitting_rows_from_init_and_reuses_finished_rows(tmp_pa
     assert results.read_text() == page
 
 
-def test_reproduce_refuses_a_malformed_init(tmp_path):
+def test_reproduce_refuses_a_malformed_init(tmp_path, capsys):
     from drone_pose.cli import main
 
-    with pytest.raises(SystemExit, match="DRONE=CHECKPOINT"):
-        main(["reproduce", "--out", str(tmp_path), "--init", "model.pt"])
-    with pytest.raises(SystemExit, match="checkpoint not found"):
-        main(["reproduce", "--out", str(tmp_path), "--init", f"m2ed={tmp_path / 'missing.pt'}"])
+    assert main(["reproduce", "--out", str(tmp_path), "--init", "model.pt"]) == 2
+    assert "DRONE=CHECKPOINT" in capsys.readouterr().err
+    assert main(["reproduce", "--out", str(tmp_path), "--init", f"m2ed={tmp_path / 'missing.pt'}"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
