@@ -18,6 +18,7 @@ from rosbags.rosbag2 import Reader, ReaderError
 
 from drone_pose.bags import messages
 from drone_pose.errors import UserError
+from drone_pose.geometry.distortion import Distortion, distortion_or_none
 from drone_pose.geometry.rotations import quaternion_xyzw_to_matrix
 
 
@@ -63,11 +64,20 @@ def image_array(msg: Any) -> np.ndarray:
 def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Frames of one camera, in stamp order, and counts of skipped messages.
 
-    Each frame: stamp (ns), frame_id, rgb [H,W,3] uint8, K [3,3], R [3,3] and t [3] metres (the true
-    pose, camera optical <- drone). Frames without CameraInfo or ground truth are skipped and counted.
+    Each frame: stamp (ns), frame_id, rgb [H,W,3] uint8, K [3,3], distortion (the CameraInfo's lens
+    model, drone_pose.geometry.distortion; None for a pinhole camera), R [3,3] and t [3] metres (the
+    true pose, camera optical <- drone). Frames without CameraInfo or ground truth, with a CameraInfo
+    that is not a finite pinhole camera of a supported lens model, or with a non-finite ground-truth
+    pose are skipped and counted.
     """
     images, infos, truths = {}, {}, {}
-    skipped = {"undecodable": 0, "no_camera_info": 0, "no_ground_truth": 0}
+    skipped = {
+        "undecodable": 0,
+        "no_camera_info": 0,
+        "no_ground_truth": 0,
+        "bad_camera_info": 0,
+        "bad_ground_truth": 0,
+    }
     topics = {
         f"/{camera}/image_raw": images,
         f"/{camera}/camera_info": infos,
@@ -102,19 +112,49 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
         except ValueError:
             skipped["undecodable"] += 1
             continue
-        pose = truths[stamp].pose
-        q = torch.tensor([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w])
+        camera_model = _camera_model(infos[stamp])
+        if camera_model is None:
+            skipped["bad_camera_info"] += 1
+            continue
+        truth = _true_pose(truths[stamp].pose)
+        if truth is None:
+            skipped["bad_ground_truth"] += 1
+            continue
         frames.append(
             {
                 "stamp": stamp,
                 "frame_id": images[stamp].header.frame_id,
                 "rgb": rgb,
-                "K": np.asarray(infos[stamp].k, dtype=np.float64).reshape(3, 3),
-                "R": quaternion_xyzw_to_matrix(q.double()).numpy(),
-                "t": np.array([pose.position.x, pose.position.y, pose.position.z]),
+                "K": camera_model[0],
+                "distortion": camera_model[1],
+                "R": truth[0],
+                "t": truth[1],
             }
         )
     return frames, skipped
+
+
+def _camera_model(info: Any) -> tuple[np.ndarray, Distortion | None] | None:
+    """(K [3,3], lens distortion or None) of a CameraInfo; None when K is not a finite pinhole matrix
+    with positive focal lengths or the distortion is unsupported or non-finite."""
+    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], (0, 0, 1)):
+        return None
+    try:
+        return K, distortion_or_none(str(info.distortion_model), np.asarray(info.d, dtype=np.float64))
+    except ValueError:
+        return None
+
+
+def _true_pose(pose: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(R [3,3], t [3] metres) of a geometry_msgs/Pose; None when it is not finite or its quaternion
+    has no length."""
+    q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w])
+    t = np.array([pose.position.x, pose.position.y, pose.position.z], dtype=np.float64)
+    norm = float(np.linalg.norm(q))
+    if not (np.isfinite(q).all() and np.isfinite(t).all() and norm > 1e-6):
+        return None
+    return quaternion_xyzw_to_matrix(torch.tensor(q / norm, dtype=torch.float64)).numpy(), t
 
 
 def bag_drone(bag: str | Path) -> str | None:

@@ -26,6 +26,7 @@ from drone_pose.evaluation.drone_pairing import refuse_other_drone
 from drone_pose.evaluation.reports import markdown_table, size_table, write_report
 from drone_pose.evaluation.scoring import Scores, score_estimates
 from drone_pose.geometry.camera import project_points
+from drone_pose.geometry.distortion import distort_pixels
 from drone_pose.geometry.rotations import matrix_to_quaternion_xyzw
 from drone_pose.inference.checkpoint import DEFAULT_DRONE, default_checkpoint
 from drone_pose.inference.estimator import PoseEstimate, PoseEstimator
@@ -56,7 +57,11 @@ def evaluate_bag(
         )
     started = time.perf_counter()
     estimates = [
-        estimator.estimate(np.stack([f["rgb"] for f in group]), np.stack([f["K"] for f in group]))
+        estimator.estimate(
+            np.stack([f["rgb"] for f in group]),
+            np.stack([f["K"] for f in group]),
+            distortion=[f["distortion"] for f in group],
+        )
         for group in _same_size_batches(frames, batch_size)
     ]
     elapsed = time.perf_counter() - started
@@ -64,7 +69,9 @@ def evaluate_bag(
     R_gt = torch.tensor(np.stack([f["R"] for f in frames]))
     t_gt = torch.tensor(np.stack([f["t"] for f in frames]))
     K = torch.tensor(np.stack([f["K"] for f in frames]))
-    keypoints_gt, _ = project_points(torch.tensor(drone.keypoints, dtype=torch.float64), R_gt, t_gt, K)
+    pinhole_keypoints, _ = project_points(torch.tensor(drone.keypoints, dtype=torch.float64), R_gt, t_gt, K)
+    # the estimator's keypoints are where the (distorted) image shows them: so are the true ones
+    keypoints_gt = distort_pixels(pinhole_keypoints, K, [f["distortion"] for f in frames])
     image_sizes = torch.tensor([[f["rgb"].shape[1], f["rgb"].shape[0]] for f in frames])
     scores = score_estimates(drone, estimate, R_gt, t_gt, K, keypoints_gt, image_sizes)
     out = Path(out)
@@ -92,6 +99,7 @@ def evaluate_bag(
             estimate.t[index].double().numpy(),
             frame["K"],
             estimate.keypoints[index].numpy(),
+            distortion=frame["distortion"],
         )
 
     estimated = [

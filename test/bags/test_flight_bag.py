@@ -165,3 +165,55 @@ def test_command_line_and_bad_requests(tmp_path, capsys):
     with pytest.raises(ValueError, match="focal length"):
         write_flight_bag(tmp_path / "g", FlightBagSpec(K=((0, 0, 0), (0, 0, 0), (0, 0, 1))), progress=False)
     assert not any((tmp_path / name).exists() for name in "defg")
+
+
+def test_read_frames_carries_the_lens_and_skips_bad_camera_info_and_ground_truth(two_camera_bag, tmp_path):
+    """A copy of the bag with one NaN K, one unsupported lens model, one zero quaternion and one real
+    plumb_bob lens: the first three frames are skipped and counted, the lens is carried on its frame."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from drone_pose.bags.frames import read_frames
+    from drone_pose.bags.messages import TYPESTORE
+
+    path, _ = two_camera_bag
+    frames, _ = read_frames(path, "camera0")
+    stamps = [frame["stamp"] for frame in frames]
+    nan_k, bad_lens, bad_truth, lens = stamps[1:5]
+    altered = tmp_path / "altered"
+    with Reader(path) as reader, Writer(altered, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        connections = {
+            c.id: writer.add_connection(
+                c.topic, c.msgtype, typestore=TYPESTORE, offered_qos_profiles=c.ext.offered_qos_profiles
+            )
+            for c in reader.connections
+        }
+        for connection, timestamp, raw in reader.messages():
+            if connection.topic not in ("/camera0/camera_info", "/camera0/ground_truth/pose"):
+                writer.write(connections[connection.id], timestamp, raw)
+                continue
+            message = messages.deserialize(raw, connection.msgtype)
+            stamp = messages.stamp_ns(message.header)
+            if connection.topic == "/camera0/camera_info" and stamp in (nan_k, bad_lens, lens):
+                if stamp == nan_k:
+                    message.k = np.concatenate(([np.nan], message.k[1:]))
+                else:
+                    message.distortion_model = "kannala_brandt" if stamp == bad_lens else "plumb_bob"
+                    message.d = np.array([-0.2, 0.05, 0.001, -0.001, 0.0])
+                raw = messages.serialize(message)
+            if connection.topic == "/camera0/ground_truth/pose" and stamp == bad_truth:
+                message.pose.orientation.x = message.pose.orientation.y = 0.0
+                message.pose.orientation.z = message.pose.orientation.w = 0.0
+                raw = messages.serialize(message)
+            writer.write(connections[connection.id], timestamp, raw)
+    altered_frames, skipped = read_frames(altered, "camera0")
+    assert skipped["bad_camera_info"] == 2
+    assert skipped["bad_ground_truth"] == 1
+    assert [frame["stamp"] for frame in altered_frames] == [
+        s for s in stamps if s not in (nan_k, bad_lens, bad_truth)
+    ]
+    by_stamp = {frame["stamp"]: frame for frame in altered_frames}
+    assert by_stamp[lens]["distortion"].model == "plumb_bob"
+    assert by_stamp[stamps[0]]["distortion"] is None  # the synthetic camera is a pinhole
+    for frame in altered_frames:
+        assert np.isfinite(frame["K"]).all()
+        assert np.isfinite(frame["R"]).all()
