@@ -109,3 +109,26 @@ def _fsync(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+@contextlib.contextmanager
+def atomic_folder(destination: str | Path) -> Iterator[Path]:
+    """A path for a writer that creates a whole folder (a rosbag2 bag): `destination`'s name inside a
+    hidden temporary folder beside it. When the block ends normally the folder replaces
+    `destination` (an existing one is removed first); when it raises the temporary is removed and
+    `destination` is unchanged. The folder keeps its name, so files named after it (the bag's
+    storage file) stay consistent."""
+    final = Path(os.path.realpath(destination))
+    if final.exists() and not final.is_dir():
+        raise OutputPathError(f"{destination}: is not a folder; name a folder path for the output")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    holder = final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMPORARY_MARK}")
+    holder.mkdir()
+    try:
+        yield holder / final.name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(holder / final.name, final)
+        _fsync(final.parent)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)

@@ -83,3 +83,28 @@ def test_an_export_of_nan_weights_fails_and_writes_nothing(tmp_path, capsys):
     assert "non-finite" in err
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pt", "tiny.pt"]
+
+
+def test_a_folder_output_replaces_the_old_one_only_when_complete(tmp_path):
+    from drone_pose.atomic_files import atomic_folder
+
+    target = tmp_path / "estimates"
+    target.mkdir()
+    (target / "estimates.mcap").write_text("old bag")
+
+    def write_half() -> None:
+        with atomic_folder(target) as partial:
+            partial.mkdir()
+            (partial / "estimates.mcap").write_text("half a bag")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_half()
+    assert (target / "estimates.mcap").read_text() == "old bag"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["estimates"]
+    with atomic_folder(target) as partial:
+        partial.mkdir()
+        (partial / "estimates.mcap").write_text("new bag")
+    assert [p.name for p in target.iterdir()] == ["estimates.mcap"]
+    assert (target / "estimates.mcap").read_text() == "new bag"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["estimates"]

@@ -7,7 +7,6 @@ and /overlay (rgb8) for the frames given an overlay image.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from drone_pose.atomic_files import atomic_folder
 from drone_pose.bags import messages
 
 POSE_WITH_COVARIANCE = "geometry_msgs/msg/PoseWithCovarianceStamped"
@@ -40,12 +40,14 @@ def write_estimates_bag(
     overlay: Callable[[int], np.ndarray | None] | None = None,
     child_frame: str = "drone",
 ) -> Path:
-    """Write the bag at `path` (replaced if it exists). overlay(index): that frame's overlay image
-    [H,W,3] uint8 RGB or None for none, drawn while the bag is written (one image in memory)."""
+    """Write the bag at `path` (replacing one that exists, once the new one is complete).
+    overlay(index): that frame's overlay image [H,W,3] uint8 RGB or None for none, drawn while the
+    bag is written (one image in memory)."""
     path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
-    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+    with (
+        atomic_folder(path) as partial,
+        Writer(partial, version=9, storage_plugin=StoragePlugin.MCAP) as writer,
+    ):
 
         def add(topic: str, msgtype: str, depth: int = 10) -> Any:
             return writer.add_connection(
