@@ -11,6 +11,7 @@ by reason and reported on /diagnostics; nothing here raises into rclpy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import threading
@@ -348,6 +349,8 @@ class TrackerNode(LifecycleNode):
             try:
                 self._process(frame)
             except Exception as error:  # a bad frame must never stop the tracker
+                if not self.context.ok():  # shutting down (Ctrl-C): publishers are gone, not an error
+                    return
                 self._reject("estimator_error")
                 self.get_logger().error(f"estimation failed: {type(error).__name__}: {error}")
 
@@ -487,9 +490,14 @@ def main(args: list[str] | None = None) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # raised by the shutdown itself (a timer publishing as Ctrl-C invalidates the context)
     finally:
         if node is not None:
-            node.destroy_node()
+            with contextlib.suppress(Exception) if not rclpy.ok() else contextlib.nullcontext():
+                node.destroy_node()
         rclpy.try_shutdown()
 
 
