@@ -36,6 +36,9 @@ def run_stoppable(command: Callable[[], int], name: str = "drone-pose") -> int:
         raise Stopped(signum)
 
     previous = {signum: signal.signal(signum, stop) for signum in PASSED_ON}
+    # Ctrl-C raises KeyboardInterrupt even where SIGINT was inherited as ignored (a command started
+    # in the background by a script): an explicit SIGINT always stops it, as SIGTERM does.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return command()
     except KeyboardInterrupt as interrupt:

@@ -33,15 +33,23 @@ def session_processes(session: int) -> dict[int, str]:
     return found
 
 
-def stop_with_sigterm(arguments: list[str], started, timeout_s: float = 120.0) -> tuple[int, dict[int, str]]:
-    """Start `drone-pose ARGUMENTS` in its own session, wait until started(processes) is true of
-    its session's processes, SIGTERM it; returns its exit status and the session's survivors."""
+def stop_with_sigterm(
+    arguments: list[str],
+    started,
+    timeout_s: float = 120.0,
+    stop: signal.Signals = signal.SIGTERM,
+    sigint_ignored: bool = False,
+) -> tuple[int, dict[int, str]]:
+    """Start `drone-pose ARGUMENTS` in its own session (with SIGINT inherited as ignored, as a
+    script's background job has it, when sigint_ignored), wait until started(processes) is true of
+    its session's processes, send it `stop`; returns its exit status and the session's survivors."""
     process = subprocess.Popen(
         [sys.executable, "-m", "drone_pose.cli", *arguments],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
     )
     try:
         deadline = time.monotonic() + timeout_s
@@ -49,7 +57,7 @@ def stop_with_sigterm(arguments: list[str], started, timeout_s: float = 120.0) -
             assert process.poll() is None, f"ended before it was stopped: {process.stderr.read()[-2000:]}"
             assert time.monotonic() < deadline, "its child processes did not start in time"
             time.sleep(0.1)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         status = process.wait(timeout=60)
         deadline = time.monotonic() + 5.0  # children exiting after their parent
         while session_processes(process.pid) and time.monotonic() < deadline:
@@ -92,3 +100,16 @@ def test_synth_stopped_with_sigterm_stops_its_workers(tmp_path):
     assert survivors == {}
     assert status == 128 + signal.SIGTERM
     assert not (out / "dataset.json").exists()
+
+
+def test_sigint_stops_a_command_that_inherited_it_ignored(tmp_path):
+    """A command started in the background by a script inherits SIGINT ignored; an explicit SIGINT
+    (a launcher's or a test's) still stops it and its workers."""
+    bag = tmp_path / "bag"
+    arguments = ["synth-bag", "--seconds", "60", "--workers", "2", "--out", str(bag)]
+    status, survivors = stop_with_sigterm(
+        arguments, lambda processes: len(processes) >= 3, stop=signal.SIGINT, sigint_ignored=True
+    )
+    assert survivors == {}
+    assert status == 128 + signal.SIGINT
+    assert not bag.exists()
