@@ -105,11 +105,12 @@ LAYERS: dict[str, int] = {
     "pnp": 2,
     "inference": 3,
     "bags": 3,
-    "evaluation": 4,
-    "train": 5,
-    "bench": 6,
-    "ros": 7,
-    "cli": 8,
+    "fusion": 4,  # multi-camera fusion (uses inference)
+    "evaluation": 5,
+    "train": 6,
+    "bench": 7,
+    "ros": 8,
+    "cli": 9,
 }
 
 

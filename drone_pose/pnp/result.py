@@ -17,6 +17,7 @@ class PnPStatus(enum.IntEnum):
     DEGENERATE_POINTS = 3  # fewer than 4 weighted points, or the 3D points are collinear
     BEHIND_CAMERA = 4  # the best pose puts a weighted point at or behind the camera plane
     SOLVER_FAILURE = 5  # a non-finite cost or a singular system at the optimum
+    NO_USABLE_VIEW = 6  # multi-view PnP: no view has 4 weighted, non-collinear keypoints
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ objects are ill-conditioned) and results are returned in the input dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -83,6 +85,8 @@ def levenberg_marquardt(
     huber: float | None,
     max_iterations: int,
     tolerance: float,
+    derivatives: Callable[..., tuple] = cost_derivatives,
+    extra_inputs: tuple[Tensor, ...] = (),
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, int]:
     """Refine poses R [B,3,3], t [B,3] by damped Newton steps on the robust reprojection cost.
 
@@ -92,13 +96,21 @@ def levenberg_marquardt(
     nearly undamped start jumps to damping 1e-2 at once (the quadratic model was far off).
     Finished samples leave the working set, so a few slow problems do not keep the whole batch
     busy. Returns R, t, cost [B], the Gauss-Newton Hessian at the result [B,6,6], a done mask [B],
-    depths [B,N] and the iterations.
-    """
-    batch, count = x2d.shape[:2]
-    layout = (9, 3, 1, 6, 36, 36, count)  # R, t, cost, gradient, Gauss-Newton and exact Hessians, depths
+    depths [B,D] and the iterations.
 
-    def pack(R: Tensor, t: Tensor, derivatives: tuple[Tensor, ...]) -> Tensor:
-        cost, gradient, gauss_newton, exact, depth, _ = derivatives
+    derivatives(x2d, x3d, K, weights, *extra_inputs, R, t, huber, exact) has the signature and
+    results of `cost_derivatives` (the default; D = N): another cost over the same pose step, e.g.
+    the multi-view one of drone_pose.fusion, whose extra inputs (batch first) are compacted with
+    the others.
+    """
+    batch = x2d.shape[0]
+    inputs = [x2d, x3d, K, weights, *extra_inputs]
+    initial = derivatives(*inputs, R, t, huber, True)
+    # R, t, cost, gradient, Gauss-Newton and exact Hessians, depths
+    layout = (9, 3, 1, 6, 36, 36, initial[4].shape[1])
+
+    def pack(R: Tensor, t: Tensor, values: tuple[Tensor, ...]) -> Tensor:
+        cost, gradient, gauss_newton, exact, depth, _ = values
         return torch.cat(
             (R.flatten(1), t, cost[:, None], gradient, gauss_newton.flatten(1), exact.flatten(1), depth), 1
         )
@@ -115,8 +127,7 @@ def levenberg_marquardt(
             depth,
         ]
 
-    inputs = [x2d, x3d, K, weights]
-    state = pack(R, t, cost_derivatives(*inputs, R, t, huber, True))
+    state = pack(R, t, initial)
     result = state.clone()
     index = torch.arange(batch, device=x2d.device)
     # small initial damping: the EPnP start is close, so the first steps are (nearly) Newton steps
@@ -139,7 +150,7 @@ def levenberg_marquardt(
         done = done | (small_step & (damping <= 1e-2))
         step = torch.where(done.unsqueeze(-1) | ~torch.isfinite(step), 0.0, step)
         R_new, t_new = apply_update(R, t, step)
-        candidate = pack(R_new, t_new, cost_derivatives(*inputs, R_new, t_new, huber, True))
+        candidate = pack(R_new, t_new, derivatives(*inputs, R_new, t_new, huber, True))
         cost_new = candidate[:, 12]
         # Near the optimum a Newton step changes the cost by less than its rounding: allow that slack.
         accept = (cost_new <= cost + 1e-12 * cost.abs()) & torch.isfinite(cost_new) & ~done
