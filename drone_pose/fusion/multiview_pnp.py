@@ -177,6 +177,27 @@ def _single_view_starts(
     return R[gather, fallback], t[gather, fallback]
 
 
+def _given_starts(
+    view_poses: tuple[Tensor, Tensor], cam_R: Tensor, cam_t: Tensor, usable: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Single-view poses cam<-drone (R [B,V,3,3], t [B,V,3]) as rig-frame starts [B,V,3,3], [B,V,3];
+    views that are not usable or whose pose is not finite get the first good view's start (or the
+    rig origin at 5 m in front of the first camera where none is good)."""
+    batch, views = usable.shape
+    R_cam = view_poses[0].to(COMPUTE_DTYPE).expand(batch, views, 3, 3)
+    t_cam = view_poses[1].to(COMPUTE_DTYPE).expand(batch, views, 3)
+    good = usable & torch.isfinite(R_cam).flatten(2).all(-1) & torch.isfinite(t_cam).all(-1)
+    eye = torch.eye(3, dtype=COMPUTE_DTYPE, device=usable.device)
+    R_cam = torch.where(good[..., None, None], R_cam, eye)
+    t_cam = torch.where(good[..., None], t_cam, t_cam.new_tensor([0.0, 0.0, 5.0]))
+    R, t = rig_poses(R_cam, t_cam, cam_R, cam_t)
+    fallback = torch.where(
+        good, torch.arange(views, device=usable.device), good.to(torch.int64).argmax(1)[:, None]
+    )
+    gather = torch.arange(batch, device=usable.device)[:, None]
+    return R[gather, fallback], t[gather, fallback]
+
+
 def multiview_pnp(
     x2d: Tensor,
     x3d: Tensor,
@@ -185,6 +206,7 @@ def multiview_pnp(
     weights: Tensor | None = None,
     huber: float | None = None,
     init: tuple[Tensor, Tensor] | None = None,
+    view_poses: tuple[Tensor, Tensor] | None = None,
     max_iterations: int = 50,
     tolerance: float | None = None,
 ) -> PnPResult:
@@ -193,7 +215,9 @@ def multiview_pnp(
     x2d [B,V,N,2] pixels; x3d [N,3] or [B,N,3] metres (drone frame); K [V,3,3] or [B,V,3,3];
     cam_from_rig [V,4,4] or [B,V,4,4] (p_cam = T p_rig, metres); weights [B,V,N] or [B,V,N,2]
     (0 drops a keypoint, all 0 a view; x2d may be NaN where the weight is 0); huber: threshold in
-    weighted pixels; init: optional rig-frame start (R [B,3,3], t [B,3]), e.g. the last pose.
+    weighted pixels; init: optional rig-frame start (R [B,3,3], t [B,3]), e.g. the last pose;
+    view_poses: single-view solutions cam<-drone (R [B,V,3,3], t [B,V,3]) the caller has already,
+    used as the views' starts instead of EPnP where they are finite.
 
     Every usable view's EPnP pose, mapped into the rig frame, starts one damped-Newton refinement
     of the whole multi-view cost (with init another); all run as one batch and the lowest cost
@@ -231,7 +255,10 @@ def multiview_pnp(
             usable = torch.where(unusable[:, None], torch.ones_like(usable), usable)
             used = (weights > 0).any(-1)
         cam_R, cam_t = split_extrinsics(cam_from_rig)
-        starts_R, starts_t = _single_view_starts(x2d, x3d, K, weights, cam_R, cam_t, usable)
+        if view_poses is None:
+            starts_R, starts_t = _single_view_starts(x2d, x3d, K, weights, cam_R, cam_t, usable)
+        else:
+            starts_R, starts_t = _given_starts(view_poses, cam_R, cam_t, usable)
         starts_R, starts_t = list(starts_R.unbind(1)), list(starts_t.unbind(1))
         if init is not None:
             init_R = init[0].to(COMPUTE_DTYPE).expand(batch, 3, 3)

@@ -1,0 +1,305 @@
+"""FusedEstimator: V images of one drone from a calibrated rig -> one pose rig<-drone.
+
+One batched network pass for all views (images of one size share it) through the single-camera
+PoseEstimator, then multi-view PnP (drone_pose.fusion.multiview_pnp) on every view that gave a
+usable single-view result, started from those views' own poses, and view gating
+(drone_pose.fusion.gating) that leaves out views whose pose disagrees with the fused one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from drone_pose.fusion.gating import view_distances, worst_outlier
+from drone_pose.fusion.multiview_pnp import multiview_pnp
+from drone_pose.fusion.rig import camera_poses, split_extrinsics, validate_extrinsics
+from drone_pose.geometry.camera import project_points
+from drone_pose.geometry.distortion import Distortion
+from drone_pose.inference.estimator import (
+    PoseEstimate,
+    PoseEstimator,
+    keypoint_weights,
+    pose_verdicts,
+    position_std,
+)
+from drone_pose.pnp.result import PnPResult
+
+# single-view verdicts whose keypoints still take part in the fusion: a pose that is valid, or
+# valid but for its (depth) uncertainty, which is exactly what other views resolve
+TAKING_PART = ("", "uncertain_pose")
+DEFAULT_GATE_MAHALANOBIS = 5.0
+
+
+@dataclass(frozen=True)
+class FusedEstimate:
+    """Fused poses of B groups of V views (tensors on the CPU, float64).
+
+    R [B,3,3], t [B,3] metres: rig<-drone (p_rig = R p_drone + t); covariance [B,6,6] of
+    (tx, ty, tz, rx, ry, rz) about rig axes (ROS order), scaled by the estimator's covariance
+    scales; reprojection_rms [B] px over the confident keypoints of the views used; valid [B] bool;
+    reasons: per group "" when valid, else no_usable_view (no view gave a usable single-view
+    result), solver_<status>, high_reprojection_error or uncertain_pose; views_used [B,V] bool;
+    gated [B,V] bool: left out by view gating; view_distances [B,V]: Mahalanobis distance of each
+    view's own pose from the fused pose (NaN where it cannot be judged); views: the single-view
+    estimates of the B*V images (image b*V + v), camera<-drone; timings_ms: stage -> ms.
+    """
+
+    R: Tensor
+    t: Tensor
+    covariance: Tensor
+    reprojection_rms: Tensor
+    valid: Tensor
+    reasons: list[str]
+    views_used: Tensor
+    gated: Tensor
+    view_distances: Tensor
+    views: PoseEstimate
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class FusedEstimator:
+    """Multi-camera pose estimation for a calibrated rig on top of a single-camera PoseEstimator.
+
+    gate_mahalanobis: distance (not squared) beyond which a view's own pose counts as an outlier
+    against the fused pose and is left out (math.inf: no gating).
+    """
+
+    def __init__(self, estimator: PoseEstimator, gate_mahalanobis: float = DEFAULT_GATE_MAHALANOBIS) -> None:
+        if not gate_mahalanobis > 0:
+            raise ValueError(f"gate_mahalanobis must be positive, got {gate_mahalanobis!r}")
+        self.estimator = estimator
+        self.gate_mahalanobis = float(gate_mahalanobis)
+
+    def estimate(
+        self,
+        images: np.ndarray | Tensor | Sequence[np.ndarray | Tensor],
+        K: np.ndarray | Tensor,
+        cam_from_rig: np.ndarray | Tensor,
+        distortion: Sequence[Distortion | None] | None = None,
+    ) -> FusedEstimate:
+        """Fused pose of one group, images [V,H,W,3] uint8 RGB (or a list of V images whose sizes
+        may differ), or of B groups, images [B,V,H,W,3]; K [V,3,3] or [B,V,3,3]; cam_from_rig
+        [V,4,4] or [B,V,4,4] (p_cam = T p_rig, metres); distortion: one (or None) per image."""
+        start = time.perf_counter()
+        if isinstance(images, (list, tuple)):
+            views = _estimate_by_size(self.estimator, list(images), K, distortion)
+            groups = 1
+        else:
+            tensor = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+            if tensor.ndim == 4:
+                tensor = tensor.unsqueeze(0)
+            if tensor.ndim != 5:
+                raise ValueError(
+                    f"images must have shape [V, H, W, 3] or [B, V, H, W, 3], got {list(tensor.shape)}"
+                )
+            groups = tensor.shape[0]
+            K_all = torch.as_tensor(np.asarray(K) if not isinstance(K, Tensor) else K, dtype=torch.float64)
+            K_all = K_all.expand(groups, *K_all.shape[-3:]) if K_all.ndim == 3 else K_all
+            views = self.estimator.estimate(tensor.flatten(0, 1), K_all.reshape(-1, 3, 3), distortion)
+        network_ms = (time.perf_counter() - start) * 1e3
+        fused = self.fuse(views, _grouped(K, groups, (3, 3)), _grouped(cam_from_rig, groups, (4, 4)))
+        fused.timings_ms["views"] = network_ms
+        fused.timings_ms["total"] = network_ms + fused.timings_ms["fusion"]
+        return fused
+
+    def fuse(self, views: PoseEstimate, K: Tensor, cam_from_rig: Tensor) -> FusedEstimate:
+        """Fused poses of B groups from the single-view estimates of their B*V images (image
+        b*V + v), K [B,V,3,3] and cam_from_rig [B,V,4,4]."""
+        start = time.perf_counter()
+        thresholds = self.estimator.thresholds
+        problem = _FusionProblem.of(views, K.double(), cam_from_rig.double(), self.estimator)
+        groups, cameras = problem.K.shape[:2]
+        taking_part = torch.tensor([r in TAKING_PART for r in views.reasons]).view(groups, cameras)
+        available = taking_part.clone()
+        gated = torch.zeros(groups, cameras, dtype=torch.bool)
+        for _ in range(cameras):
+            result, covariance = problem.solve(taking_part)
+            distances = problem.distances(result, covariance)
+            if bool(worst_outlier(distances, taking_part, self.gate_mahalanobis).lt(0).all()):
+                break  # every view agrees with the fused pose
+            drop = self._leave_one_out_outlier(problem, taking_part)
+            dropping = torch.nonzero(drop >= 0).squeeze(1)
+            if dropping.numel() == 0:
+                break
+            gated[dropping, drop[dropping]] = True
+            taking_part[dropping, drop[dropping]] = False
+        distances = torch.where(available, distances, torch.full_like(distances, math.nan))
+        confident = (problem.confidences >= thresholds.min_keypoint_confidence) & taking_part.unsqueeze(-1)
+        rms = _fused_rms(problem, result.R, result.t, confident)
+        reasons = pose_verdicts(confident.view(groups, -1), result, rms, position_std(covariance), thresholds)
+        reasons = [
+            reason if bool(taking_part[b].any()) else "no_usable_view" for b, reason in enumerate(reasons)
+        ]
+        return FusedEstimate(
+            R=result.R,
+            t=result.t,
+            covariance=covariance,
+            reprojection_rms=rms,
+            valid=torch.tensor([reason == "" for reason in reasons]),
+            reasons=reasons,
+            views_used=taking_part,
+            gated=gated,
+            view_distances=distances,
+            views=views,
+            timings_ms={"fusion": (time.perf_counter() - start) * 1e3},
+        )
+
+    def _leave_one_out_outlier(self, problem: _FusionProblem, taking_part: Tensor) -> Tensor:
+        """The view [B] to gate next (-1: none). Each view taking part is compared with the pose the
+        other views give without it, so that an outlier cannot drag the pose it is judged against;
+        the largest distance beyond the threshold goes. Two views that disagree are symmetric:
+        there the one with the larger single-view position variance goes."""
+        groups, cameras = taking_part.shape
+        rows = torch.arange(groups).repeat_interleave(cameras)
+        without = taking_part[rows].clone()
+        without[torch.arange(len(rows)), torch.arange(cameras).repeat(groups)] = False
+        result, covariance = problem.solve(without, rows)
+        own = problem.distances(result, covariance, rows).view(groups, cameras, cameras)
+        own = own.diagonal(dim1=-2, dim2=-1)  # view v against the pose without v
+        variance = problem.covariance_views[..., :3, :3].diagonal(dim1=-2, dim2=-1).sum(-1)
+        tie_breaker = 1e-6 * variance / variance.nan_to_num(0.0).amax(1, keepdim=True).clamp_min(1e-300)
+        return worst_outlier(own + tie_breaker.nan_to_num(0.0), taking_part, self.gate_mahalanobis)
+
+
+@dataclass(frozen=True)
+class _FusionProblem:
+    """The multi-view problems of B groups: keypoints [B,V,N,2] (undistorted), confidences [B,V,N],
+    PnP weights [B,V,N], the views' own poses R_views [B,V,3,3], t_views [B,V,3] and covariances
+    [B,V,6,6] (camera frames), K [B,V,3,3], cam_from_rig [B,V,4,4]."""
+
+    keypoints: Tensor
+    confidences: Tensor
+    weights: Tensor
+    R_views: Tensor
+    t_views: Tensor
+    covariance_views: Tensor
+    K: Tensor
+    cam_from_rig: Tensor
+    estimator: PoseEstimator
+
+    @classmethod
+    def of(
+        cls, views: PoseEstimate, K: Tensor, cam_from_rig: Tensor, estimator: PoseEstimator
+    ) -> _FusionProblem:
+        validate_extrinsics(cam_from_rig)
+        groups, cameras = K.shape[:2]
+        count = views.keypoints.shape[1]
+        keypoints = views.keypoints if views.undistorted_keypoints is None else views.undistorted_keypoints
+        confidences = views.confidences.view(groups, cameras, count)
+        thresholds = estimator.thresholds
+        weights = keypoint_weights(
+            confidences, thresholds.min_keypoint_confidence, thresholds.keypoint_confidence_power
+        )
+        return cls(
+            keypoints.view(groups, cameras, count, 2),
+            confidences,
+            weights,
+            views.R.view(groups, cameras, 3, 3),
+            views.t.view(groups, cameras, 3),
+            views.covariance.view(groups, cameras, 6, 6),
+            K,
+            cam_from_rig,
+            estimator,
+        )
+
+    def solve(self, taking_part: Tensor, rows: Tensor | None = None) -> tuple[PnPResult, Tensor]:
+        """Fused poses (and scaled covariances) of the groups `rows` (default: all) from their views
+        taking part [b,V]."""
+        pick = (lambda v: v) if rows is None else (lambda v: v[rows])
+        result = multiview_pnp(
+            pick(self.keypoints),
+            self.estimator.keypoints_3d,
+            pick(self.K),
+            pick(self.cam_from_rig),
+            pick(self.weights) * taking_part.unsqueeze(-1),
+            huber=self.estimator.thresholds.huber_px,
+            view_poses=(pick(self.R_views), pick(self.t_views)),
+        )
+        return result, self.estimator.covariance_scales.apply(result.covariance)
+
+    def distances(self, result: PnPResult, covariance: Tensor, rows: Tensor | None = None) -> Tensor:
+        """Mahalanobis distances [b,V] of the views' own poses from fused poses of the groups `rows`."""
+        pick = (lambda v: v) if rows is None else (lambda v: v[rows])
+        cam_R, cam_t = split_extrinsics(pick(self.cam_from_rig))
+        return view_distances(
+            pick(self.R_views), pick(self.t_views), pick(self.covariance_views), cam_R, cam_t,
+            result.R, result.t, covariance,
+        )  # fmt: skip
+
+
+def _fused_rms(problem: _FusionProblem, R: Tensor, t: Tensor, confident: Tensor) -> Tensor:
+    """RMS distance [B] px between the keypoints and the model projected at fused poses R [B,3,3],
+    t [B,3] over the confident [B,V,N] keypoints."""
+    groups, cameras, count = problem.keypoints.shape[:3]
+    R_cam, t_cam = camera_poses(R, t, *split_extrinsics(problem.cam_from_rig))
+    projected, _ = project_points(
+        problem.estimator.keypoints_3d,
+        R_cam.reshape(-1, 3, 3),
+        t_cam.reshape(-1, 3),
+        problem.K.reshape(-1, 3, 3),
+    )
+    squared = ((projected.view(groups, cameras, count, 2) - problem.keypoints) ** 2).sum(-1)
+    squared = torch.where(confident, squared, torch.zeros_like(squared))  # NaN where a view is garbage
+    return torch.sqrt(squared.flatten(1).sum(1) / confident.flatten(1).sum(1).clamp_min(1))
+
+
+def _grouped(values: np.ndarray | Tensor, groups: int, matrix: tuple[int, int]) -> Tensor:
+    """[V,*matrix] or [B,V,*matrix] as float64 [B,V,*matrix]."""
+    tensor = torch.as_tensor(
+        np.asarray(values) if not isinstance(values, Tensor) else values, dtype=torch.float64
+    )
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(0).expand(groups, *tensor.shape)
+    if tensor.ndim != 4 or tensor.shape[0] != groups or tensor.shape[2:] != matrix:
+        raise ValueError(
+            f"expected [V, {matrix[0]}, {matrix[1]}] or [B, V, ...] matrices, got {list(tensor.shape)}"
+        )
+    return tensor
+
+
+def _estimate_by_size(
+    estimator: PoseEstimator,
+    images: list[np.ndarray | Tensor],
+    K: np.ndarray | Tensor,
+    distortion: Sequence[Distortion | None] | None,
+) -> PoseEstimate:
+    """Single-view estimates of one group's V images in view order, one network pass per size."""
+    K_all = torch.as_tensor(np.asarray(K) if not isinstance(K, Tensor) else K, dtype=torch.float64)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(index)
+    parts, order = [], []
+    for indices in by_size.values():
+        stacked = np.stack([np.asarray(images[i]) for i in indices])
+        models = None if distortion is None else [distortion[i] for i in indices]
+        parts.append(estimator.estimate(stacked, K_all[indices], models))
+        order.extend(indices)
+    estimate = PoseEstimate.concatenate(parts) if len(parts) > 1 else parts[0]
+    if order == sorted(order):
+        return estimate
+    inverse = torch.argsort(torch.tensor(order))
+    return _take(estimate, inverse)
+
+
+def _take(estimate: PoseEstimate, index: Tensor) -> PoseEstimate:
+    """The images `index` of a PoseEstimate, in that order (timings dropped)."""
+    pick = lambda v: None if v is None else v[index]  # noqa: E731
+    return PoseEstimate(
+        keypoints=estimate.keypoints[index],
+        confidences=estimate.confidences[index],
+        R=estimate.R[index],
+        t=estimate.t[index],
+        covariance=estimate.covariance[index],
+        reprojection_rms=estimate.reprojection_rms[index],
+        valid=estimate.valid[index],
+        reasons=[estimate.reasons[int(i)] for i in index],
+        zoomed=pick(estimate.zoomed),
+        undistorted_keypoints=pick(estimate.undistorted_keypoints),
+    )
