@@ -7,6 +7,7 @@ import json
 
 from drone_pose import __version__
 from drone_pose.cli.arguments import positive_float, positive_int
+from drone_pose.errors import UserError
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -58,8 +59,17 @@ def _add_info(commands: argparse._SubParsersAction) -> None:
 def _cmd_synth(args: argparse.Namespace) -> int:
     from drone_pose.data.generate import generate_dataset
     from drone_pose.data.poses import PoseSamplingConfig
+    from drone_pose.data.rig_poses import RigConfig
     from drone_pose.data.synth import SceneConfig
 
+    rig = None
+    if args.cameras is not None or args.rig is not None:
+        layout = args.rig or "ring"
+        cameras = args.cameras if args.cameras is not None else (2 if layout == "stereo" else 3)
+        try:
+            rig = RigConfig(cameras, layout, args.rig_jitter, args.baseline)
+        except ValueError as error:
+            raise UserError(str(error)) from error
     index = generate_dataset(
         args.drone,
         args.count,
@@ -73,9 +83,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         scene=SceneConfig(background_folder=args.backgrounds),
         poses=PoseSamplingConfig(keep_inside=not args.allow_outside),
         lossless=args.lossless,
+        rig=rig,
     )
     summary = {key: index[key] for key in ("drone", "count", "seed", "camera", "statistics", "generation")}
     summary["splits"] = {split: sum(s["count"] for s in shards) for split, shards in index["splits"].items()}
+    if "rig" in index:
+        summary["rig"] = index["rig"]
     summary["out"] = str(args.out)
     print(json.dumps(summary, indent=2))
     return 0
@@ -103,6 +116,14 @@ def _add_synth(commands: argparse._SubParsersAction) -> None:
         "--allow-outside", action="store_true", help="keep poses whose keypoints leave the image (robustness)"
     )
     synth.add_argument("--lossless", action="store_true", help="PNG images instead of JPEG quality 95")
+    synth.add_argument(
+        "--cameras",
+        type=positive_int,
+        help="multi-camera groups: each of --count samples is one drone pose seen by this many cameras",
+    )
+    synth.add_argument("--rig", choices=("ring", "arc", "stereo"), help="camera layout (default ring)")
+    synth.add_argument("--rig-jitter", type=float, default=0.0, help="azimuth noise of the rig, 0..1")
+    synth.add_argument("--baseline", type=positive_float, default=0.3, help="stereo baseline, metres")
     synth.set_defaults(run=_cmd_synth)
 
 

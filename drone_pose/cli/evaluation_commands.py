@@ -12,6 +12,7 @@ from drone_pose.cli.arguments import (
     add_split_arguments,
     device_option,
     non_negative_float,
+    positive_float,
     positive_int,
     split_options,
     zoom_option,
@@ -26,8 +27,34 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     print(summary.pop("table"))
     print(summary.pop("size_table"))
+    fusion = _fusion_summary(args)
+    if fusion is not None:
+        print(fusion.pop("table"))
+        summary["fusion"] = fusion
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _fusion_summary(args: argparse.Namespace) -> dict | None:
+    """On a multi-camera dataset (drone-pose synth --cameras N): fused against single views."""
+    from drone_pose.data.shards import read_index
+    from drone_pose.evaluation.fusion_evaluation import evaluate_fusion
+
+    if args.uava_drone is not None or "rig" not in read_index(args.data):
+        return None
+    cameras = int(read_index(args.data)["rig"]["cameras"])
+    return evaluate_fusion(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        out=args.out,
+        device=args.device,
+        groups_per_batch=max(1, args.batch_size // cameras),
+        limit=None if args.limit is None else max(1, args.limit // cameras),
+        gate_mahalanobis=args.gate,
+        zoom=args.zoom,
+        flip_test=args.flip_test,
+    )
 
 
 def _add_eval(commands: argparse._SubParsersAction) -> None:
@@ -46,6 +73,12 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
         "TARGET_PX[,MAX_ZOOM]",
     )
     add_flip_test_argument(evaluation, "network passes averaged with their mirror image")
+    evaluation.add_argument(
+        "--gate",
+        type=positive_float,
+        default=5.0,
+        help="multi-camera sets: Mahalanobis distance beyond which a view is left out of the fusion",
+    )
     evaluation.set_defaults(run=_cmd_eval)
 
 

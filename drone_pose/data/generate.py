@@ -3,6 +3,11 @@
 Sample i gets its own random stream SeedSequence((seed, i)) for its pose and its scene, so the
 result does not depend on the number of workers or the shard size. Samples 0..n_train-1 form the
 train split, the next n_val the val split, the rest the test split.
+
+With a rig (drone_pose.data.rig_poses), a sample is a group: one drone pose rendered by the rig's
+V cameras, stored as V consecutive images (image g*V + v is view v of group g; its random stream is
+SeedSequence((seed, g))), with the extrinsics and group/view numbers beside them (shards module).
+Splits and shards hold whole groups, so every image of a group lies in one shard.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 
 from drone_pose.atomic_files import write_text
 from drone_pose.data.poses import PoseSamplingConfig, apparent_size_px, sample_poses
+from drone_pose.data.rig_poses import RigConfig, sample_rig_group
 from drone_pose.data.shards import FORMAT, INDEX_FILE, VERSION, encode_shard, read_shard, write_shard
 from drone_pose.data.synth import SceneConfig, check_camera, render_scene
 from drone_pose.data.synth_progress import SynthFolderError, open_output, synth_settings
@@ -31,7 +37,8 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class GenerationJob:
-    """One shard to render: samples first..first+count-1 of `split`, shard number `number`."""
+    """One shard to render: samples (groups, with a rig) first..first+count-1 of `split`, shard
+    number `number`."""
 
     split: str
     number: int
@@ -56,6 +63,36 @@ class GenerationSpec:
     scene: SceneConfig
     poses: PoseSamplingConfig
     lossless: bool = False
+    rig: RigConfig | None = None
+
+    @property
+    def views(self) -> int:
+        """Images per sample: the rig's cameras, 1 without a rig."""
+        return 1 if self.rig is None else self.rig.cameras
+
+
+def render_group(spec: GenerationSpec, group: int, drone: DroneModel | None = None) -> dict[str, Any]:
+    """Render group `group` of a multi-camera dataset: its V scenes and the rig geometry (RigGroup)."""
+    drone = drone or load_drone(spec.drone)
+    K = np.array(spec.K)
+    rig_group, scene_seeds = _sample_group(spec, group, drone)
+    scenes = [
+        render_scene(
+            drone, rig_group.R_cam[v], rig_group.t_cam[v], K, spec.width, spec.height, seed, spec.scene
+        )
+        for v, seed in enumerate(scene_seeds)
+    ]
+    return {"scenes": scenes, "rig": rig_group}
+
+
+def _sample_group(
+    spec: GenerationSpec, group: int, drone: DroneModel
+) -> tuple[Any, list[np.random.SeedSequence]]:
+    """Group `group`'s rig geometry and the seeds of its V scenes."""
+    pose_seed, *scene_seeds = np.random.SeedSequence((spec.seed, group)).spawn(1 + spec.views)
+    rng = np.random.default_rng(pose_seed)
+    rig_group = sample_rig_group(drone, np.array(spec.K), spec.width, spec.height, spec.rig, rng, spec.poses)
+    return rig_group, scene_seeds
 
 
 def render_sample(spec: GenerationSpec, index: int, drone: DroneModel | None = None) -> dict[str, Any]:
@@ -80,8 +117,21 @@ def _render_shard(arguments: tuple[GenerationSpec, GenerationJob]) -> dict[str, 
 
     torch.set_num_threads(1)  # one process per core already
     drone = load_drone(spec.drone)
-    samples = [render_sample(spec, job.first + i, drone) for i in range(job.count)]
-    scenes = [s["scene"] for s in samples]
+    extra: dict[str, np.ndarray] = {}
+    if spec.rig is None:
+        samples = [render_sample(spec, job.first + i, drone) for i in range(job.count)]
+        scenes = [s["scene"] for s in samples]
+        tilt_deg = [s["tilt_deg"] for s in samples]
+    else:
+        groups = [render_group(spec, job.first + i, drone) for i in range(job.count)]
+        scenes = [scene for g in groups for scene in g["scenes"]]
+        tilt_deg = [g["rig"].tilt_deg for g in groups for _ in range(spec.views)]
+        extra = {
+            "cam_from_rig": np.concatenate([g["rig"].cam_from_rig for g in groups]),
+            "group": np.repeat(np.arange(job.first, job.first + job.count), spec.views),
+            "view": np.tile(np.arange(spec.views), job.count),
+        }
+    first = job.first * spec.views
     arrays = encode_shard(
         [s.image for s in scenes],
         [s.mask for s in scenes],
@@ -90,12 +140,13 @@ def _render_shard(arguments: tuple[GenerationSpec, GenerationJob]) -> dict[str, 
         np.stack([s.bbox for s in scenes]),
         np.stack([s.R for s in scenes]),
         np.stack([s.t for s in scenes]),
-        np.arange(job.first, job.first + job.count),
+        np.arange(first, first + len(scenes)),
         spec.lossless,
     )
+    arrays.update(extra)
     name = job.file_name
     write_shard(Path(spec.out) / name, arrays)
-    return _shard_result(spec, job, drone, arrays, [s["tilt_deg"] for s in samples])
+    return _shard_result(spec, job, drone, arrays, tilt_deg)
 
 
 def _shard_result(
@@ -107,7 +158,7 @@ def _shard_result(
         "split": job.split,
         "number": job.number,
         "file": job.file_name,
-        "count": job.count,
+        "count": job.count * spec.views,
         "size_px": apparent_size_px(drone, t, np.array(spec.K)).tolist(),
         "distance_m": np.linalg.norm(t, axis=1).tolist(),
         "tilt_deg": tilt_deg,
@@ -120,7 +171,11 @@ def _complete_shard_result(spec: GenerationSpec, job: GenerationJob, drone: Dron
     """The result of a shard a resumed run found complete: its figures as rendering gave them."""
     shard = read_shard(Path(spec.out) / job.file_name)
     arrays = {"t": shard.t, "bbox": shard.bbox, "visibility": shard.visibility}
-    tilt = [float(_sample_pose(spec, job.first + i, drone)[0].tilt_deg[0]) for i in range(job.count)]
+    if spec.rig is None:
+        tilt = [float(_sample_pose(spec, job.first + i, drone)[0].tilt_deg[0]) for i in range(job.count)]
+    else:
+        group_tilt = [_sample_group(spec, job.first + i, drone)[0].tilt_deg for i in range(job.count)]
+        tilt = [t for t in group_tilt for _ in range(spec.views)]
     return _shard_result(spec, job, drone, arrays, tilt)
 
 
@@ -158,8 +213,12 @@ def generate_dataset(
     poses: PoseSamplingConfig | None = None,
     progress: bool = True,
     lossless: bool = False,
+    rig: RigConfig | None = None,
 ) -> dict[str, Any]:
     """Render `count` samples into `out` and write dataset.json.
+
+    With a rig, `count` groups of rig.cameras images each; shard_size counts images and is rounded
+    down to whole groups.
 
     `out` is created, or must be empty, or holds an interrupted synth with the same settings, which
     is resumed (drone_pose.data.synth_progress): the result equals an uninterrupted run's. Returns
@@ -176,7 +235,8 @@ def generate_dataset(
     if K is None:
         K = uava.resized(width, height).K().double().numpy()
     K = check_camera(K, width, height)
-    jobs = plan_jobs(count, fractions, shard_size)
+    views = 1 if rig is None else rig.cameras
+    jobs = plan_jobs(count, fractions, max(1, shard_size // views))
     spec = GenerationSpec(
         drone,
         tuple(map(tuple, K.tolist())),
@@ -187,11 +247,12 @@ def generate_dataset(
         scene or SceneConfig(),
         poses or PoseSamplingConfig(),
         lossless,
+        rig,
     )
     settings = synth_settings(
-        drone, count, seed, fractions, shard_size, width, height, K, spec.scene, spec.poses, lossless
+        drone, count, seed, fractions, shard_size, width, height, K, spec.scene, spec.poses, lossless, rig
     )
-    planned = {job.file_name: range(job.first, job.first + job.count) for job in jobs}
+    planned = {job.file_name: range(job.first * views, (job.first + job.count) * views) for job in jobs}
     complete = set(open_output(out, settings, planned))
     results = [_complete_shard_result(spec, job, drone_model) for job in jobs if job.file_name in complete]
     jobs = [job for job in jobs if job.file_name not in complete]
@@ -200,14 +261,18 @@ def generate_dataset(
     start = time.perf_counter()
     from tqdm import tqdm
 
-    rendered = sum(job.count for job in jobs)
+    rendered = sum(job.count for job in jobs) * views
     with tqdm(
-        total=count, initial=count - rendered, unit="img", desc=f"synth {drone}", disable=not progress
+        total=count * views,
+        initial=count * views - rendered,
+        unit="img",
+        desc=f"synth {drone}",
+        disable=not progress,
     ) as bar:
         if workers == 1:
             for job in jobs:
                 results.append(_render_shard((spec, job)))
-                bar.update(job.count)
+                bar.update(job.count * views)
         elif jobs:
             with multiprocessing.get_context("spawn").Pool(workers) as pool:
                 for result in pool.imap_unordered(_render_shard, [(spec, job) for job in jobs]):
@@ -221,7 +286,7 @@ def generate_dataset(
         "drone": drone,
         "camera": {"width": width, "height": height, "K": K.tolist()},
         "seed": seed,
-        "count": count,
+        "count": count * views,
         "splits": {
             split: [{"file": r["file"], "count": r["count"]} for r in results if r["split"] == split]
             for split in SPLITS
@@ -229,6 +294,7 @@ def generate_dataset(
         "image_encoding": "png" if lossless else "jpeg95",
         "scene": asdict(spec.scene),
         "poses": asdict(spec.poses),
+        **({} if rig is None else {"rig": {**asdict(rig), "groups": count}}),
         "statistics": _statistics(results),
         "generation": {
             "seconds": round(seconds, 2),

@@ -22,7 +22,7 @@ DEFAULT_SIZE_RANGE_PX = (20.0, 120.0)
 UAVA_WIDTH = 320
 
 # optical (x right, y down, z forward) <- world (z up) for a level camera looking along world +x
-_OPTICAL_FROM_LEVEL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+OPTICAL_FROM_LEVEL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class PoseSamplingConfig:
     margin_px: float = 2.0
 
 
-def _rotations(euler_deg: np.ndarray, convention: str) -> np.ndarray:
+def euler_rotations(euler_deg: np.ndarray, convention: str) -> np.ndarray:
     """Rotation matrices [B,3,3] from intrinsic Euler angles [B,3] in degrees (roma)."""
     angles = torch.from_numpy(np.deg2rad(euler_deg))
     return roma.euler_to_rotmat(convention, angles).numpy()
@@ -129,13 +129,13 @@ def _draw(
         rng.normal(0.0, config.tilt_std_deg, (count, 2)), -config.max_tilt_deg, config.max_tilt_deg
     )
     yaw = rng.uniform(-180.0, 180.0, count)
-    world_from_drone = _rotations(np.stack((yaw, tilt[:, 0], tilt[:, 1]), 1), "ZYX")  # yaw, pitch, roll
+    world_from_drone = euler_rotations(np.stack((yaw, tilt[:, 0], tilt[:, 1]), 1), "ZYX")  # yaw, pitch, roll
     elevation = rng.uniform(*config.camera_elevation_deg, count)
     camera_roll = rng.normal(0.0, config.camera_roll_std_deg, count)
-    optical_from_world = _rotations(np.stack((elevation, np.zeros(count), camera_roll), 1), "XYZ").transpose(
-        0, 2, 1
-    )
-    R = optical_from_world @ _OPTICAL_FROM_LEVEL @ world_from_drone
+    optical_from_world = euler_rotations(
+        np.stack((elevation, np.zeros(count), camera_roll), 1), "XYZ"
+    ).transpose(0, 2, 1)
+    R = optical_from_world @ OPTICAL_FROM_LEVEL @ world_from_drone
     tilt_from_vertical = np.degrees(np.arccos(np.clip(world_from_drone[:, 2, 2], -1.0, 1.0)))
     return PoseSamples(R, t, tilt_from_vertical, elevation)
 

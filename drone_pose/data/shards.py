@@ -11,6 +11,9 @@ DIR/<split>-<nnnnn>.npz, one per shard, uncompressed zip of:
     keypoints [n,K,2] float32 pixels, visibility [n,K] bool, bbox [n,4] float32 (x0, y0, x1, y1)
     R [n,3,3] float64, t [n,3] float64            camera optical <- drone body, metres
     index [n] int64                                global sample index (its seed is (seed, index))
+  multi-camera datasets (dataset.json has "rig"), image g*V + v being view v of group g, also:
+    cam_from_rig [n,4,4] float64                   the view's extrinsics, p_cam = T p_rig (metres)
+    group [n] int64, view [n] int64                its group and camera number
 Shards hold no pickled objects (np.load with allow_pickle=False).
 """
 
@@ -32,6 +35,7 @@ FORMAT = "drone_pose.synthetic"
 VERSION = 1
 INDEX_FILE = "dataset.json"
 SHARD_KEYS = ("encoded", "offsets", "mask_bits", "keypoints", "visibility", "bbox", "R", "t", "index")
+RIG_KEYS = ("cam_from_rig", "group", "view")
 
 
 class DatasetFormatError(UserError):
@@ -51,6 +55,9 @@ class Shard:
     R: np.ndarray
     t: np.ndarray
     index: np.ndarray
+    cam_from_rig: np.ndarray | None = None
+    group: np.ndarray | None = None
+    view: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -121,7 +128,12 @@ def read_shard(path: Path) -> Shard:
             missing = [key for key in SHARD_KEYS if key not in data.files]
             if missing:
                 raise DatasetFormatError(f"{path}: shard lacks {', '.join(missing)}")
-            shard = Shard(**{key: data[key] for key in SHARD_KEYS})
+            rig = [key for key in RIG_KEYS if key in data.files]
+            if rig and len(rig) != len(RIG_KEYS):
+                raise DatasetFormatError(
+                    f"{path}: shard has {', '.join(rig)} but not all of {', '.join(RIG_KEYS)}"
+                )
+            shard = Shard(**{key: data[key] for key in (*SHARD_KEYS, *rig)})
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, DatasetFormatError):
             raise
@@ -129,7 +141,8 @@ def read_shard(path: Path) -> Shard:
     count = len(shard.index)
     if len(shard.offsets) != count + 1 or any(
         len(getattr(shard, key)) != count
-        for key in ("mask_bits", "keypoints", "visibility", "bbox", "R", "t")
+        for key in ("mask_bits", "keypoints", "visibility", "bbox", "R", "t", *RIG_KEYS)
+        if getattr(shard, key) is not None
     ):
         raise DatasetFormatError(f"{path}: shard arrays disagree on the sample count")
     return shard

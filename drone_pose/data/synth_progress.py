@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from drone_pose.data.poses import PoseSamplingConfig
+from drone_pose.data.rig_poses import RigConfig
 from drone_pose.data.shards import INDEX_FILE, DatasetFormatError, read_shard
 from drone_pose.data.synth import SceneConfig
 from drone_pose.errors import UserError
@@ -47,6 +48,7 @@ def synth_settings(
     scene: SceneConfig,
     poses: PoseSamplingConfig,
     lossless: bool,
+    rig: RigConfig | None = None,
 ) -> dict[str, Any]:
     """The settings that decide a dataset's samples and shards, as plain JSON values."""
     settings = {
@@ -61,6 +63,8 @@ def synth_settings(
         "poses": asdict(poses),
         "image_encoding": "png" if lossless else "jpeg95",
     }
+    if rig is not None:
+        settings["rig"] = asdict(rig)
     return json.loads(json.dumps(settings))  # tuples as lists: compares equal to a read-back copy
 
 
@@ -166,6 +170,18 @@ def finish_command(settings: dict[str, Any], out: Path) -> str:
         parts.append("--allow-outside")
     if settings.get("image_encoding") == "png":
         parts.append("--lossless")
+    if settings.get("rig"):
+        rig = settings["rig"]
+        parts += [
+            "--cameras",
+            str(rig["cameras"]),
+            "--rig",
+            str(rig["layout"]),
+            "--rig-jitter",
+            f"{rig['jitter']:g}",
+        ]
+        if rig["layout"] == "stereo":
+            parts += ["--baseline", f"{rig['baseline_m']:g}"]
     return " ".join([*parts, "--out", str(out)])
 
 

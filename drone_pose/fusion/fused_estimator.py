@@ -285,21 +285,4 @@ def _estimate_by_size(
     if order == sorted(order):
         return estimate
     inverse = torch.argsort(torch.tensor(order))
-    return _take(estimate, inverse)
-
-
-def _take(estimate: PoseEstimate, index: Tensor) -> PoseEstimate:
-    """The images `index` of a PoseEstimate, in that order (timings dropped)."""
-    pick = lambda v: None if v is None else v[index]  # noqa: E731
-    return PoseEstimate(
-        keypoints=estimate.keypoints[index],
-        confidences=estimate.confidences[index],
-        R=estimate.R[index],
-        t=estimate.t[index],
-        covariance=estimate.covariance[index],
-        reprojection_rms=estimate.reprojection_rms[index],
-        valid=estimate.valid[index],
-        reasons=[estimate.reasons[int(i)] for i in index],
-        zoomed=pick(estimate.zoomed),
-        undistorted_keypoints=pick(estimate.undistorted_keypoints),
-    )
+    return estimate.take(inverse)

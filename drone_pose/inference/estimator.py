@@ -144,6 +144,22 @@ class PoseEstimate:
     zoomed: Tensor | None = None
     undistorted_keypoints: Tensor | None = None
 
+    def take(self, index: Tensor) -> PoseEstimate:
+        """The images `index` [M] (int64) of this estimate, in that order (timings are dropped)."""
+        pick = lambda v: None if v is None else v[index]  # noqa: E731
+        return PoseEstimate(
+            keypoints=self.keypoints[index],
+            confidences=self.confidences[index],
+            R=self.R[index],
+            t=self.t[index],
+            covariance=self.covariance[index],
+            reprojection_rms=self.reprojection_rms[index],
+            valid=self.valid[index],
+            reasons=[self.reasons[int(i)] for i in index],
+            zoomed=pick(self.zoomed),
+            undistorted_keypoints=pick(self.undistorted_keypoints),
+        )
+
     @staticmethod
     def concatenate(estimates: list[PoseEstimate]) -> PoseEstimate:
         """One PoseEstimate of the images of several, in order (timings are per call: dropped)."""
