@@ -1,11 +1,14 @@
 """Multi-camera fusion for calibrated rigs: one drone pose rig<-drone from V cameras.
 
 multiview_pnp / multiview_pnp_layer solve (and differentiate) the pose from keypoints in all
-views at once; drone_pose.fusion.rig moves poses and covariances between camera and rig frames.
+views at once; FusedEstimator runs the single-camera estimator on all views in one batch and fuses
+them with view gating; drone_pose.fusion.rig moves poses and covariances between camera and rig
+frames.
 No ROS: the fusion node in drone_pose.ros builds on this package.
 """
 
+from drone_pose.fusion.fused_estimator import FusedEstimate, FusedEstimator
 from drone_pose.fusion.layer import multiview_pnp_layer
 from drone_pose.fusion.multiview_pnp import multiview_pnp
 
-__all__ = ["multiview_pnp", "multiview_pnp_layer"]
+__all__ = ["FusedEstimate", "FusedEstimator", "multiview_pnp", "multiview_pnp_layer"]
