@@ -32,6 +32,14 @@ def _cmd_bench_pnp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_multiview(args: argparse.Namespace) -> int:
+    from drone_pose.bench.multiview import run_benchmark
+
+    report = run_benchmark(tuple(args.views), tuple(args.groups), args.noise, args.repeats)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_bench_net(args: argparse.Namespace) -> int:
     from drone_pose.bench.nets import run_benchmark
 
@@ -75,6 +83,15 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     pnp.add_argument("--noise", type=non_negative_float, default=1.0, help="keypoint noise, pixels")
     pnp.add_argument("--repeats", type=positive_int, default=5)
     pnp.set_defaults(run=_cmd_bench_pnp)
+    multiview = bench.add_parser(
+        "multiview",
+        help="fusing V calibrated views: multi-view PnP and the fuse step next to single views (ms)",
+    )
+    multiview.add_argument("--views", type=positive_int, nargs="+", default=[2, 3, 4])
+    multiview.add_argument("--groups", type=positive_int, nargs="+", default=[1, 16], help="groups per call")
+    multiview.add_argument("--noise", type=non_negative_float, default=0.5, help="keypoint noise, pixels")
+    multiview.add_argument("--repeats", type=positive_int, default=20)
+    multiview.set_defaults(run=_cmd_bench_multiview)
     from drone_pose.bench.nets import STUDY_ARCHITECTURES
 
     net = bench.add_parser("net", help="keypoint networks: parameters, GFLOPs, latency, throughput")
