@@ -17,7 +17,7 @@ from drone_pose.geometry.camera import validate_intrinsics
 from drone_pose.pnp.epnp import epnp_start
 from drone_pose.pnp.projection import MIN_POINTS, cost_derivatives, residuals_and_jacobian
 from drone_pose.pnp.result import PnPResult, PnPStatus
-from drone_pose.pnp.solver import COMPUTE_DTYPE, _degenerate, _safe_problem, levenberg_marquardt
+from drone_pose.pnp.solver import COMPUTE_DTYPE, _degenerate, _safe_problem, final_result, levenberg_marquardt
 
 
 def broadcast_multiview(
@@ -296,22 +296,6 @@ def multiview_pnp(
             singular[:, None, None], torch.zeros_like(H), inverse.inverse * variance[:, None, None]
         )
         behind = ((depth <= 0) & used_flat).any(-1)
-        finite = torch.isfinite(cost) & torch.isfinite(R).flatten(1).all(1) & torch.isfinite(t).all(1)
-        status = torch.where(unusable, status, torch.full_like(status, int(PnPStatus.CONVERGED)))
-        status[~unusable & ~done] = int(PnPStatus.NOT_CONVERGED)
-        status[~unusable & behind] = int(PnPStatus.BEHIND_CAMERA)
-        status[~unusable & (~finite | singular)] = int(PnPStatus.SOLVER_FAILURE)
-        reset = unusable | ~finite
-        R = torch.where(reset[:, None, None], torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R), R)
-        t = torch.where(reset[:, None], torch.zeros_like(t), t)
-        cost = torch.where(reset, torch.full_like(cost, torch.inf), cost)
-        covariance = torch.where(reset[:, None, None], torch.zeros_like(covariance), covariance)
-    return PnPResult(
-        R=R.to(input_dtype).clone(),
-        t=t.to(input_dtype).clone(),
-        cost=cost.to(input_dtype).clone(),
-        converged=(status == int(PnPStatus.CONVERGED)).clone(),
-        status=status.clone(),
-        covariance=covariance.to(input_dtype).clone(),
-        iterations=iterations,
-    )
+        return final_result(
+            R, t, cost, covariance, status, unusable, done, behind, singular, iterations, input_dtype
+        )

@@ -271,22 +271,48 @@ def solve_pnp(
 
         covariance, singular = _pose_covariance(H, cost, count)
         behind = ((depth <= 0) & (weights.mean(-1) > 0)).any(-1)
-        finite = torch.isfinite(cost) & torch.isfinite(R).flatten(1).all(1) & torch.isfinite(t).all(1)
-        status = torch.where(unusable, status, torch.full_like(status, int(PnPStatus.CONVERGED)))
-        status[~unusable & ~done] = int(PnPStatus.NOT_CONVERGED)
-        status[~unusable & behind] = int(PnPStatus.BEHIND_CAMERA)
-        status[~unusable & (~finite | singular)] = int(PnPStatus.SOLVER_FAILURE)
-        reset = unusable | ~finite
-        R = torch.where(reset[:, None, None], torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R), R)
-        t = torch.where(reset[:, None], torch.zeros_like(t), t)
-        cost = torch.where(reset, torch.full_like(cost, torch.inf), cost)
-        covariance = torch.where(reset[:, None, None], torch.zeros_like(covariance), covariance)
-    return PnPResult(
-        R=R.to(input_dtype).clone(),
-        t=t.to(input_dtype).clone(),
-        cost=cost.to(input_dtype).clone(),
-        converged=(status == int(PnPStatus.CONVERGED)).clone(),
-        status=status.clone(),
-        covariance=covariance.to(input_dtype).clone(),
-        iterations=iterations,
-    )
+        return final_result(
+            R, t, cost, covariance, status, unusable, done, behind, singular, iterations, input_dtype
+        )
+
+
+def final_result(
+    R: Tensor,
+    t: Tensor,
+    cost: Tensor,
+    covariance: Tensor,
+    status: Tensor,
+    unusable: Tensor,
+    done: Tensor,
+    behind: Tensor,
+    singular: Tensor,
+    iterations: int,
+    dtype: torch.dtype,
+) -> PnPResult:
+    """The PnPResult of solved poses R [B,3,3], t [B,3] with cost [B] and covariance [B,6,6].
+
+    status [B] holds the input statuses where `unusable` [B]; elsewhere it is set from the flags
+    [B]: not `done` NOT_CONVERGED, `behind` BEHIND_CAMERA, non-finite or `singular`
+    SOLVER_FAILURE. Unusable and non-finite samples get identity, zero, infinite cost and zero
+    covariance; tensors are returned in `dtype`, detached from the solver's buffers.
+    """
+    finite = torch.isfinite(cost) & torch.isfinite(R).flatten(1).all(1) & torch.isfinite(t).all(1)
+    status = torch.where(unusable, status, torch.full_like(status, int(PnPStatus.CONVERGED)))
+    status[~unusable & ~done] = int(PnPStatus.NOT_CONVERGED)
+    status[~unusable & behind] = int(PnPStatus.BEHIND_CAMERA)
+    status[~unusable & (~finite | singular)] = int(PnPStatus.SOLVER_FAILURE)
+    reset = unusable | ~finite
+    R = torch.where(reset[:, None, None], torch.eye(3, dtype=R.dtype, device=R.device).expand_as(R), R)
+    t = torch.where(reset[:, None], torch.zeros_like(t), t)
+    cost = torch.where(reset, torch.full_like(cost, torch.inf), cost)
+    covariance = torch.where(reset[:, None, None], torch.zeros_like(covariance), covariance)
+    with torch.inference_mode(False):  # copies that autograd may use (the solver runs in inference mode)
+        return PnPResult(
+            R=R.to(dtype).clone(),
+            t=t.to(dtype).clone(),
+            cost=cost.to(dtype).clone(),
+            converged=(status == int(PnPStatus.CONVERGED)).clone(),
+            status=status.clone(),
+            covariance=covariance.to(dtype).clone(),
+            iterations=iterations,
+        )
