@@ -17,7 +17,14 @@ from drone_pose.geometry.camera import validate_intrinsics
 from drone_pose.pnp.epnp import epnp_start
 from drone_pose.pnp.projection import MIN_POINTS, cost_derivatives, residuals_and_jacobian
 from drone_pose.pnp.result import PnPResult, PnPStatus
-from drone_pose.pnp.solver import COMPUTE_DTYPE, _degenerate, _safe_problem, final_result, levenberg_marquardt
+from drone_pose.pnp.solver import (
+    COMPUTE_DTYPE,
+    _degenerate,
+    _safe_problem,
+    final_result,
+    init_start,
+    levenberg_marquardt,
+)
 
 
 def broadcast_multiview(
@@ -261,11 +268,9 @@ def multiview_pnp(
             starts_R, starts_t = _given_starts(view_poses, cam_R, cam_t, usable)
         starts_R, starts_t = list(starts_R.unbind(1)), list(starts_t.unbind(1))
         if init is not None:
-            init_R = init[0].to(COMPUTE_DTYPE).expand(batch, 3, 3)
-            init_t = init[1].to(COMPUTE_DTYPE).expand(batch, 3)
-            usable_init = torch.isfinite(init_R).flatten(1).all(1) & torch.isfinite(init_t).all(1)
-            starts_R.append(torch.where(usable_init[:, None, None], init_R, starts_R[0]))
-            starts_t.append(torch.where(usable_init[:, None], init_t, starts_t[0]))
+            init_R, init_t = init_start(init, batch, starts_R[0], starts_t[0])
+            starts_R.append(init_R)
+            starts_t.append(init_t)
         hypotheses = len(starts_R)
         tile = lambda v: v.repeat(hypotheses, *([1] * (v.ndim - 1))) if hypotheses > 1 else v  # noqa: E731
         R, t, cost, H, done, depth, iterations = levenberg_marquardt(

@@ -245,11 +245,9 @@ def solve_pnp(
             R0, t0 = epnp_start(x2d, x3d, K, weights)
             starts_R, starts_t = [R0], [t0]
         if init is not None:
-            init_R = init[0].to(COMPUTE_DTYPE).expand(batch, 3, 3)
-            init_t = init[1].to(COMPUTE_DTYPE).expand(batch, 3)
-            usable_init = torch.isfinite(init_R).flatten(1).all(1) & torch.isfinite(init_t).all(1)
-            starts_R.append(torch.where(usable_init[:, None, None], init_R, R0))
-            starts_t.append(torch.where(usable_init[:, None], init_t, t0))
+            init_R, init_t = init_start(init, batch, R0, t0)
+            starts_R.append(init_R)
+            starts_t.append(init_t)
         hypotheses = len(starts_R)
         tile = lambda v: v.repeat(hypotheses, *([1] * (v.ndim - 1))) if hypotheses > 1 else v  # noqa: E731
         R, t, cost, H, done, depth, iterations = levenberg_marquardt(
@@ -274,6 +272,19 @@ def solve_pnp(
         return final_result(
             R, t, cost, covariance, status, unusable, done, behind, singular, iterations, input_dtype
         )
+
+
+def init_start(
+    init: tuple[Tensor, Tensor], batch: int, fallback_R: Tensor, fallback_t: Tensor
+) -> tuple[Tensor, Tensor]:
+    """A caller's start (R [B,3,3] or [3,3], t [B,3] or [3]) in the compute dtype, expanded to the
+    batch; samples where it is not finite take the fallback start [B,3,3], [B,3] instead."""
+    init_R = init[0].to(COMPUTE_DTYPE).expand(batch, 3, 3)
+    init_t = init[1].to(COMPUTE_DTYPE).expand(batch, 3)
+    usable = torch.isfinite(init_R).flatten(1).all(1) & torch.isfinite(init_t).all(1)
+    return torch.where(usable[:, None, None], init_R, fallback_R), torch.where(
+        usable[:, None], init_t, fallback_t
+    )
 
 
 def final_result(
