@@ -36,3 +36,14 @@ def tf_static_qos() -> QoSProfile:
         reliability=ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.TRANSIENT_LOCAL,
     )
+
+
+def tf_static_listener_qos() -> QoSProfile:
+    """/tf_static as tf2_ros listens: reliable, transient local, keep last 100 (one latched message per
+    static broadcaster; depth 1 could lose all but one of several arriving together)."""
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=100,
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    )
