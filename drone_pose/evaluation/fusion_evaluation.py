@@ -128,6 +128,7 @@ def evaluate_fusion(
     single: list[list[PoseEstimate]] = [[] for _ in range(views)]
     fused: list[list[PoseEstimate]] = [[] for _ in range(views)]
     certain: list[PoseEstimate] = []
+    chosen_views: list[Tensor] = []
     truth: list[_Groups] = []
     used, gated, fusion_ms = (
         [[] for _ in range(views)],
@@ -142,7 +143,9 @@ def evaluate_fusion(
         )
         for v in range(views):
             single[v].append(estimate.take(torch.arange(count) * views + v))
-        certain.append(_most_certain_view(estimate, count, views))
+        picked, chosen = _most_certain_view(estimate, count, views)
+        certain.append(picked)
+        chosen_views.append(chosen)
         for n in range(1, views + 1):
             subset = (torch.arange(count)[:, None] * views + torch.arange(n)).flatten()
             result = fuser.fuse(estimate.take(subset), groups.K[:, :n], groups.cam_from_rig[:, :n])
@@ -167,7 +170,9 @@ def evaluate_fusion(
     for v, scores in enumerate(single_scores):
         rows.append((f"camera {v} alone", _with_errors(scores)))
     certain_estimate = PoseEstimate.concatenate(certain)
-    certain_scores = _score_chosen(drone, certain_estimate, R, t, K, keypoints, sizes, certain)
+    certain_scores = _score_chosen(
+        drone, certain_estimate, R, t, K, keypoints, sizes, torch.cat(chosen_views)
+    )
     rows.append(("most certain single view", _with_errors(certain_scores)))
     fused_scores = []
     for n in range(1, views + 1):
@@ -232,16 +237,14 @@ def _extra_table(rows: list[tuple[str, dict[str, float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _most_certain_view(estimate: PoseEstimate, groups: int, views: int) -> PoseEstimate:
+def _most_certain_view(estimate: PoseEstimate, groups: int, views: int) -> tuple[PoseEstimate, Tensor]:
     """Per group, the valid view with the smallest predicted position spread (view 0 where none is
-    valid), as a PoseEstimate of G images with `chosen_view` remembered in the keypoints' order."""
+    valid): its estimates (G images) and the chosen view numbers [G]."""
     spread = position_std(estimate.covariance).view(groups, views)
     valid = estimate.valid.view(groups, views)
     score = torch.where(valid & torch.isfinite(spread), spread, torch.full_like(spread, torch.inf))
     chosen = torch.where(valid.any(1), score.argmin(1), torch.zeros(groups, dtype=torch.int64))
-    picked = estimate.take(torch.arange(groups) * views + chosen)
-    object.__setattr__(picked, "timings_ms", {"chosen_view": chosen})
-    return picked
+    return estimate.take(torch.arange(groups) * views + chosen), chosen
 
 
 def _score_chosen(
@@ -252,10 +255,9 @@ def _score_chosen(
     K: Tensor,
     keypoints: Tensor,
     sizes: Tensor,
-    parts: list[PoseEstimate],
+    chosen: Tensor,
 ) -> Scores:
-    """Scores of per-group chosen views against their own cameras' truth."""
-    chosen = torch.cat([p.timings_ms["chosen_view"] for p in parts])
+    """Scores of per-group chosen views `chosen` [G] against their own cameras' truth."""
     rows = torch.arange(len(chosen))
     return score_estimates(
         drone, estimate, R[rows, chosen], t[rows, chosen], K[rows, chosen], keypoints[rows, chosen], sizes
