@@ -3,7 +3,7 @@
 multiview_pnp / multiview_pnp_layer solve (and differentiate) the pose from keypoints in all
 views at once; FusedEstimator runs the single-camera estimator on all views in one batch and fuses
 them with view gating; drone_pose.fusion.rig moves poses and covariances between camera and rig
-frames.
+frames; drone_pose.fusion.rig_file reads and writes a rig's extrinsics as YAML (docs/fusion.md).
 No ROS: the fusion node in drone_pose.ros builds on this package.
 """
 
