@@ -40,6 +40,7 @@ setup(
         "console_scripts": [
             "drone-pose = drone_pose.cli:main",
             "tracker_node = drone_pose.ros.tracker_node:main",
+            "fusion_node = drone_pose.ros.fusion_node:main",
         ],
     },
 )

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "drone_pose"
 SHARE_FOLDERS = ("launch", "config", "models")
-EXECUTABLES = ("tracker_node", "drone-pose")
+EXECUTABLES = ("tracker_node", "fusion_node", "drone-pose")
 
 
 def source_files() -> list[str]:

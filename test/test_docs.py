@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from drone_pose.cli import build_parser, main
+from drone_pose.ros.fusion_parameters import FUSION_PARAMETERS
 from drone_pose.ros.tracker_parameters import TRACKER_PARAMETERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,9 +70,9 @@ def test_every_named_command_answers_help(command, capsys):
     assert "usage: drone-pose" in capsys.readouterr().out
 
 
-def node_reference_rows() -> dict[str, list[str]]:
-    """docs/tracker_node.md's parameter table: name -> [default, range, run-time, description]."""
-    text = (REPO_ROOT / "docs" / "tracker_node.md").read_text()
+def node_reference_rows(page: str = "tracker_node.md") -> dict[str, list[str]]:
+    """A node page's parameter table: name -> [default, range, run-time, description]."""
+    text = (REPO_ROOT / "docs" / page).read_text()
     header = "| parameter | default | range | run-time | description |"
     assert header in text
     rows = {}
@@ -90,10 +91,13 @@ def yaml_text(value: object) -> str:
     return '""' if value == "" else str(value)
 
 
-def test_the_node_reference_lists_every_parameter_with_its_default():
-    rows = node_reference_rows()
-    assert list(rows) == [spec.name for spec in TRACKER_PARAMETERS]
-    for spec in TRACKER_PARAMETERS:
+@pytest.mark.parametrize(
+    ("page", "table"), [("tracker_node.md", TRACKER_PARAMETERS), ("fusion_node.md", FUSION_PARAMETERS)]
+)
+def test_the_node_reference_lists_every_parameter_with_its_default(page, table):
+    rows = node_reference_rows(page)
+    assert list(rows) == [spec.name for spec in table]
+    for spec in table:
         default, documented_range, runtime, description = rows[spec.name]
         assert default.strip("`") == yaml_text(spec.default), spec.name
         if spec.range is not None:  # the documented interval is the declared one
@@ -121,4 +125,14 @@ def test_the_node_reference_names_every_topic_and_rejection():
     ):
         assert f"`{topic}`" in text, topic
     for reason in (*INPUT_REJECTIONS, "low_confidence", "high_reprojection_error", "uncertain_pose"):
+        assert f"`{reason}`" in text, reason
+
+
+def test_the_fusion_node_reference_names_every_topic_and_rejection():
+    from drone_pose.ros.fusion_node import CAMERA_REJECTIONS
+
+    text = (REPO_ROOT / "docs" / "fusion_node.md").read_text()
+    for topic in ("<camera>/camera_info", "pose", "pose_with_covariance", "/tf", "marker", "/diagnostics"):
+        assert f"`{topic}`" in text, topic
+    for reason in (*CAMERA_REJECTIONS, "no_usable_view", "views_gated"):
         assert f"`{reason}`" in text, reason

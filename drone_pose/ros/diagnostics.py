@@ -47,6 +47,29 @@ class RateWindow:
         }
 
 
+def diagnostic_status(
+    name: str,
+    hardware_id: str,
+    values: Mapping[str, object],
+    counters: Mapping[str, int],
+    last_rejection: str,
+    outputs_key: str,
+    outputs_label: str = "poses",
+) -> DiagnosticStatus:
+    """One DiagnosticStatus with `values` then every counter as key-values; the message counts the
+    outputs (counter `outputs_key`) and all rejections (counters rejected_<reason>)."""
+    counts = dict(counters)  # one copy: the worker thread may add a counter meanwhile
+    status = DiagnosticStatus(name=name, hardware_id=hardware_id)
+    rejected = sum(v for k, v in counts.items() if k.startswith("rejected_"))
+    status.level = DiagnosticStatus.WARN if last_rejection else DiagnosticStatus.OK
+    status.message = f"{counts.get(outputs_key, 0)} {outputs_label}, {rejected} rejected"
+    entries = {**values, "last_rejection": last_rejection, **counts}
+    status.values = [
+        KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in entries.items()
+    ]
+    return status
+
+
 def diagnostic_array(
     name: str,
     hardware_id: str,
@@ -56,17 +79,9 @@ def diagnostic_array(
     outputs_key: str,
     stamp: object,
 ) -> DiagnosticArray:
-    """One DiagnosticStatus with `values` then every counter as key-values; the message counts the
-    outputs (counter `outputs_key`) and all rejections."""
-    counts = dict(counters)  # one copy: the worker thread may add a counter meanwhile
-    status = DiagnosticStatus(name=name, hardware_id=hardware_id)
-    rejected = sum(v for k, v in counts.items() if k.startswith("rejected_"))
-    status.level = DiagnosticStatus.WARN if last_rejection else DiagnosticStatus.OK
-    status.message = f"{counts.get(outputs_key, 0)} poses, {rejected} rejected"
-    entries = {**values, "last_rejection": last_rejection, **counts}
-    status.values = [
-        KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in entries.items()
-    ]
-    array = DiagnosticArray(status=[status])
+    """A DiagnosticArray of one diagnostic_status (see there), stamped `stamp`."""
+    array = DiagnosticArray(
+        status=[diagnostic_status(name, hardware_id, values, counters, last_rejection, outputs_key)]
+    )
     array.header.stamp = stamp
     return array

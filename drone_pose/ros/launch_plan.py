@@ -15,10 +15,14 @@ from typing import Any
 
 from drone_pose.errors import UserError
 from drone_pose.resources import config_dir
+from drone_pose.ros.fusion_parameters import FUSION_NODE_NAME, camera_names, fusion_parameter_default
 from drone_pose.ros.tracker_parameters import TRACKER_NODE_NAME, parameter_default
 
 TRACKER_EXECUTABLE = "tracker_node"
 TRACKER_MODULE = "drone_pose.ros.tracker_node"
+FUSION_EXECUTABLE = "fusion_node"
+FUSION_MODULE = "drone_pose.ros.fusion_node"
+BOOLEAN_ARGUMENTS = ("rviz", "use_sim_time", "fusion")
 
 
 class LaunchArgumentError(UserError):
@@ -79,8 +83,12 @@ TRACKER_ARGUMENTS: dict[str, str] = {
     "use_sim_time": "false",
 }
 MULTI_CAMERA_ARGUMENTS: dict[str, str] = {
-    "cameras": "camera0,camera1",
-    "image_suffix": "image_raw",
+    "cameras": str(fusion_parameter_default("cameras")),
+    "image_suffix": str(fusion_parameter_default("image_suffix")),
+    "fusion": "true",
+    "rig_frame": str(fusion_parameter_default("rig_frame")),
+    "rig_file": str(fusion_parameter_default("rig_file")),
+    "drone_frame": str(fusion_parameter_default("drone_frame")),
     "checkpoint": str(parameter_default("checkpoint")),
     "device": str(parameter_default("device")),
     "params_file": "",
@@ -95,7 +103,7 @@ def resolve_arguments(given: dict[str, str], defaults: dict[str, str]) -> dict[s
     if unknown:
         raise LaunchArgumentError(f"unknown launch argument(s) {unknown}; known: {', '.join(defaults)}")
     resolved = {**defaults, **given}
-    for key in ("rviz", "use_sim_time"):
+    for key in BOOLEAN_ARGUMENTS:
         if key in resolved and resolved[key].lower() not in ("true", "false"):
             raise LaunchArgumentError(f"{key} must be true or false, got {resolved[key]!r}")
     return resolved
@@ -109,8 +117,12 @@ def fastdds_profile() -> str:
     return str(config_dir() / "fastdds_shm.xml")
 
 
-def rviz_config() -> str:
-    return str(config_dir() / "rviz" / "drone_pose.rviz")
+def fusion_params_file() -> str:
+    return str(config_dir() / "fusion.yaml")
+
+
+def rviz_config(name: str = "drone_pose") -> str:
+    return str(config_dir() / "rviz" / f"{name}.rviz")
 
 
 def tracker_node(
@@ -139,13 +151,13 @@ def tracker_node(
     )
 
 
-def rviz_node(use_sim_time: bool) -> NodeLaunch:
+def rviz_node(use_sim_time: bool, config: str = "drone_pose") -> NodeLaunch:
     return NodeLaunch(
         name="rviz2",
         package="rviz2",
         executable="rviz2",
         parameters={"use_sim_time": use_sim_time},
-        arguments=("-d", rviz_config()),
+        arguments=("-d", rviz_config(config)),
     )
 
 
@@ -167,26 +179,55 @@ def tracker_plan(given: dict[str, str] | None = None) -> LaunchPlan:
 
 
 def multi_camera_plan(given: dict[str, str] | None = None) -> LaunchPlan:
-    """One tracker per camera (multi_camera.launch.py), each in the camera's namespace, reading
-    /<camera>/<image_suffix> and /<camera>/camera_info and publishing TF to drone_<camera> (one
-    TF child frame per camera: a frame has a single parent)."""
+    """multi_camera.launch.py: with fusion:=true (default) one fusion node for all cameras,
+    publishing one pose in the rig frame; with fusion:=false one tracker per camera, each in the
+    camera's namespace publishing TF to drone_<camera> (a frame has a single parent). Both read
+    /<camera>/<image_suffix> and /<camera>/camera_info."""
     arguments = resolve_arguments(given or {}, MULTI_CAMERA_ARGUMENTS)
-    cameras = [name.strip().strip("/") for name in arguments["cameras"].split(",") if name.strip()]
-    if not cameras or len(set(cameras)) != len(cameras):
-        raise LaunchArgumentError(f"cameras must be distinct names, got {arguments['cameras']!r}")
-    nodes = [
-        tracker_node(
-            arguments,
-            camera,
-            f"/{camera}/{arguments['image_suffix']}",
-            f"/{camera}/camera_info",
-            f"drone_{camera}",
-        )
-        for camera in cameras
-    ]
+    try:
+        cameras = camera_names(",".join(name.strip().strip("/") for name in arguments["cameras"].split(",")))
+    except ValueError as error:
+        raise LaunchArgumentError(str(error)) from None
+    fusion = arguments["fusion"].lower() == "true"
+    if fusion:
+        nodes = [fusion_node(arguments, cameras)]
+    else:
+        nodes = [
+            tracker_node(
+                arguments,
+                camera,
+                f"/{camera}/{arguments['image_suffix']}",
+                f"/{camera}/camera_info",
+                f"drone_{camera}",
+            )
+            for camera in cameras
+        ]
     if arguments["rviz"].lower() == "true":
-        nodes.append(rviz_node(arguments["use_sim_time"].lower() == "true"))
+        nodes.append(
+            rviz_node(arguments["use_sim_time"].lower() == "true", "fusion" if fusion else "drone_pose")
+        )
     return LaunchPlan(tuple(nodes), {"FASTDDS_DEFAULT_PROFILES_FILE": fastdds_profile()})
+
+
+def fusion_node(arguments: dict[str, str], cameras: tuple[str, ...]) -> NodeLaunch:
+    """The fusion node for `cameras` (absolute topics /<camera>/...), fusion.yaml loaded."""
+    parameters: dict[str, Any] = {
+        "use_sim_time": arguments["use_sim_time"].lower() == "true",
+        "device": arguments["device"],
+        "cameras": ",".join(cameras),
+        "image_suffix": arguments["image_suffix"],
+        "drone_frame": arguments["drone_frame"],
+    }
+    for key in ("checkpoint", "rig_frame", "rig_file"):
+        if arguments.get(key):
+            parameters[key] = arguments[key]
+    return NodeLaunch(
+        name=FUSION_NODE_NAME,
+        executable=FUSION_EXECUTABLE,
+        module=FUSION_MODULE,
+        params_files=(arguments.get("params_file") or fusion_params_file(),),
+        parameters=parameters,
+    )
 
 
 PLANS = {"tracker": tracker_plan, "multi_camera": multi_camera_plan}

@@ -11,51 +11,46 @@ by reason and reported on /diagnostics; nothing here raises into rclpy.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import sys
 import threading
 import time
 from collections import Counter
 from typing import Any
 
 import numpy as np
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker
 
+from drone_pose.ros.camera_input import INPUT_REJECTIONS, TRANSPORTS, CameraInput
 from drone_pose.ros.diagnostics import RateWindow, diagnostic_array
-from drone_pose.ros.frame_pairing import PAIRING_REJECTIONS, Frame, FramePairing
-from drone_pose.ros.image_conversions import (
-    ImageConversionError,
-    ImageTooLargeError,
-    decode_compressed,
-    numpy_to_image,
-    rgb_of,
+from drone_pose.ros.estimator_node_support import (
+    EstimatorSwitches,
+    declare_parameters,
+    drone_mismatch,
+    load_estimator,
+    model_name,
+    run_lifecycle_node,
 )
+from drone_pose.ros.frame_pairing import Frame, FramePairing
+from drone_pose.ros.image_conversions import numpy_to_image
 from drone_pose.ros.pose_messages import delete_marker, mesh_marker, pose_messages, posed_marker
 from drone_pose.ros.qos import sensor_data_qos
 from drone_pose.ros.tf import TransformBroadcaster
 from drone_pose.ros.tracker_parameters import (
     PARAMETERS_BY_NAME,
-    THRESHOLD_PARAMETERS,
     TRACKER_NODE_NAME,
     TRACKER_PARAMETERS,
-    ParameterSpec,
     parameter_default,
 )
 
-# Reasons an image is rejected before estimation (the others come from the estimator's verdict).
-INPUT_REJECTIONS = ("bad_image", "image_too_large", *PAIRING_REJECTIONS)
+__all__ = ["INPUT_REJECTIONS", "TrackerNode", "main"]
 WORKER_POLL_S = 0.5
 
 
@@ -83,11 +78,9 @@ class TrackerNode(LifecycleNode):
             self._reject,
             on_clock_reset=self._on_clock_reset,
         )
-        for spec in TRACKER_PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        declare_parameters(self, TRACKER_PARAMETERS)
         self._given_estimator = estimator
-        self._trained_zoom = None  # the checkpoint's second-pass settings, kept while zoom_pass is off
-        self._trained_flip_test = "off"  # the checkpoint's flip test, kept while flip_test is off
+        self._switches = EstimatorSwitches()
         self.estimator: Any = None
         self.drone_frame = self.get_parameter("drone_frame").value
         self.rates = RateWindow()
@@ -97,7 +90,9 @@ class TrackerNode(LifecycleNode):
         self._tracking = False
         self.tf: TransformBroadcaster | None = None
         self.configure_error = ""
-        self._max_pixels = int(self.get_parameter("max_image_pixels").value)
+        self.inputs = CameraInput(
+            self.pairing, self.counters, self._reject, int(self.get_parameter("max_image_pixels").value)
+        )
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -114,51 +109,38 @@ class TrackerNode(LifecycleNode):
 
     def _configure(self) -> TransitionCallbackReturn:
         transport = self.get_parameter("image_transport").value
-        if transport not in ("raw", "compressed"):
+        if transport not in TRANSPORTS:
             return self._configure_failed(f"image_transport must be raw or compressed, got {transport!r}")
         self.drone_frame = self.get_parameter("drone_frame").value
-        self._max_pixels = int(self.get_parameter("max_image_pixels").value)
+        self.inputs.max_pixels = int(self.get_parameter("max_image_pixels").value)
         self.pairing.camera_info_wait_s = float(self.get_parameter("camera_info_wait_s").value)
         try:
-            self.estimator = self._given_estimator or self._load_estimator()
+            self.estimator = self._given_estimator or load_estimator(self)
         except (ValueError, OSError) as error:  # CheckpointError is a ValueError
             return self._configure_failed(str(error))
-        mismatch = self._drone_mismatch()
+        mismatch = drone_mismatch(self.estimator, self.get_parameter("drone").value)
         if mismatch:
             self.estimator = None
             return self._configure_failed(mismatch)
         self._device = self.estimator.device
-        self._trained_zoom = self.estimator.zoom
-        self.estimator.zoom = self._trained_zoom if self.get_parameter("zoom_pass").value else None
-        self._trained_flip_test = getattr(self.estimator, "flip_test", "off")
-        if not self.get_parameter("flip_test").value:
-            self.estimator.flip_test = "off"
+        self._switches.configure(
+            self.estimator, self.get_parameter("zoom_pass").value, self.get_parameter("flip_test").value
+        )
         self._create_outputs()
         self.lifecycle_label = "inactive"
-        self.get_logger().info(f"configured: model {self._model_name()} on {self._device}")
+        self.get_logger().info(f"configured: model {model_name(self.estimator)} on {self._device}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.estimator.device != self._device:
             self.estimator.to(self._device)
-        qos = sensor_data_qos(int(self.get_parameter("input_queue_depth").value))
-        overridable = QoSOverridingOptions.with_default_policies()
-        if self.get_parameter("image_transport").value == "compressed":  # image_transport: <image>/compressed
-            image = self.create_subscription(
-                CompressedImage,
-                "image/compressed",
-                self._on_compressed,
-                qos,
-                qos_overriding_options=overridable,
-            )
-        else:
-            image = self.create_subscription(
-                Image, "image", self._on_image, qos, qos_overriding_options=overridable
-            )
-        info = self.create_subscription(
-            CameraInfo, "camera_info", self._on_camera_info, qos, qos_overriding_options=overridable
+        self._subscriptions_active = self.inputs.subscribe(
+            self,
+            "image",
+            "camera_info",
+            self.get_parameter("image_transport").value,
+            int(self.get_parameter("input_queue_depth").value),
         )
-        self._subscriptions_active = [image, info]
         self.pairing.mailbox.reopen()
         self._running = True
         self._worker = threading.Thread(target=self._work, name="drone_pose_estimator", daemon=True)
@@ -189,17 +171,6 @@ class TrackerNode(LifecycleNode):
         self._release_outputs()
         self.lifecycle_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
-
-    def _drone_mismatch(self) -> str:
-        """Why the `drone` parameter and the checkpoint's drone disagree, "" when they agree."""
-        wanted = self.get_parameter("drone").value
-        trained = str(getattr(self.estimator, "description", {}).get("drone", {}).get("name", ""))
-        if wanted and trained and wanted != trained:
-            return (
-                f"checkpoint {self._model_name()} is trained for drone {trained!r}, but drone:={wanted}: "
-                f"set drone:={trained} (or leave it empty) or use a {wanted} checkpoint"
-            )
-        return ""
 
     def _configure_failed(self, message: str) -> TransitionCallbackReturn:
         self.configure_error = message
@@ -260,12 +231,9 @@ class TrackerNode(LifecycleNode):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _model_name(self) -> str:
-        return str(getattr(self.estimator, "description", {}).get("path", ""))
-
     # -- parameters -------------------------------------------------------------------------
     def _on_set_parameters(self, parameters: list[Any]) -> SetParametersResult:
-        updates, switches = {}, {}
+        accepted = {}
         for parameter in parameters:
             spec = PARAMETERS_BY_NAME.get(parameter.name)
             if spec is None:
@@ -273,34 +241,10 @@ class TrackerNode(LifecycleNode):
             refusal = spec.refusal(parameter.value, configured=self.lifecycle_label != "unconfigured")
             if refusal is not None:
                 return SetParametersResult(successful=False, reason=refusal)
-            if parameter.name in THRESHOLD_PARAMETERS:
-                updates[parameter.name] = float(parameter.value)
-            else:  # zoom_pass, flip_test: declared bool, rclpy refuses other types
-                switches[parameter.name] = bool(parameter.value)
-        estimator = self.estimator
-        if estimator is not None:  # one attribute assignment each: the worker sees old or new
-            if updates:
-                estimator.thresholds = dataclasses.replace(estimator.thresholds, **updates)
-            if "zoom_pass" in switches:
-                estimator.zoom = self._trained_zoom if switches["zoom_pass"] else None
-            if "flip_test" in switches:
-                estimator.flip_test = self._trained_flip_test if switches["flip_test"] else "off"
+            accepted[parameter.name] = parameter.value
+        if self.estimator is not None:
+            self._switches.apply(self.estimator, accepted)
         return SetParametersResult(successful=True)
-
-    def _load_estimator(self) -> Any:
-        from drone_pose.inference.estimator import DEFAULT_DRONE, PoseEstimator
-        from drone_pose.inference.thresholds import EstimatorThresholds
-
-        device = self.get_parameter("device").value
-        thresholds = EstimatorThresholds(
-            **{name: float(self.get_parameter(name).value) for name in THRESHOLD_PARAMETERS}
-        )
-        return PoseEstimator.from_checkpoint(
-            self.get_parameter("checkpoint").value or None,
-            device=None if device == "auto" else device,
-            drone=self.get_parameter("drone").value or DEFAULT_DRONE,
-            thresholds=thresholds,
-        )
 
     # -- inputs (executor thread) -------------------------------------------------------------
     def _reject(self, reason: str) -> None:
@@ -312,33 +256,6 @@ class TrackerNode(LifecycleNode):
             f"clock reset: image stamps jumped back from {previous_ns / 1e9:.3f} s to {stamp_ns / 1e9:.3f} s;"
             " frame pairing starts again (counted in clock_resets)"
         )
-
-    def _on_camera_info(self, msg: CameraInfo) -> None:
-        self.pairing.add_camera_info(msg)
-
-    def _on_compressed(self, msg: CompressedImage) -> None:
-        self.counters["images_received"] += 1
-        try:
-            rgb = decode_compressed(bytes(msg.data), self._max_pixels)
-        except ImageTooLargeError:
-            self._reject("image_too_large")
-            return
-        except ImageConversionError:
-            self._reject("bad_image")
-            return
-        self.pairing.add_image(rgb, msg.header)
-
-    def _on_image(self, msg: Image) -> None:
-        self.counters["images_received"] += 1
-        if int(msg.width) * int(msg.height) > self._max_pixels:
-            self._reject("image_too_large")
-            return
-        try:
-            rgb = rgb_of(msg)
-        except ImageConversionError:
-            self._reject("bad_image")
-            return
-        self.pairing.add_image(rgb, msg.header)
 
     # -- estimation (worker thread) -----------------------------------------------------------
     def _work(self) -> None:
@@ -430,7 +347,7 @@ class TrackerNode(LifecycleNode):
             **self.rates.report(self.counters["images_received"], self.counters["frames_processed"]),
             "lifecycle_state": self.lifecycle_label,
             "device": str(getattr(self.estimator, "device", "")),
-            "model": self._model_name(),
+            "model": model_name(self.estimator),
             "zoom_pass": getattr(self.estimator, "zoom", None) is not None,
             "flip_test": str(getattr(self.estimator, "flip_test", "off")),
         }
@@ -451,18 +368,6 @@ class TrackerNode(LifecycleNode):
         super().destroy_node()
 
 
-def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
-    """The rclpy descriptor of a table entry: its description and its floating-point or integer range."""
-    descriptor = ParameterDescriptor(description=spec.description)
-    if spec.range is not None:
-        low, high = spec.range
-        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
-            descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
-        else:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
-    return descriptor
-
-
 def main(args: list[str] | None = None) -> None:
     """Entry point `tracker_node` (rclpy arguments: --ros-args -p checkpoint:=... -r image:=...).
 
@@ -470,35 +375,7 @@ def main(args: list[str] | None = None) -> None:
     (bad parameters or checkpoint) exits with status 2; without it the node waits, unconfigured, for
     lifecycle transitions (`ros2 lifecycle set /drone_pose_tracker configure`).
     """
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = TrackerNode()
-        except Exception as error:  # a parameter rclpy refuses: one line, exit 2
-            print(f"tracker_node: {type(error).__name__}: {error}", file=sys.stderr)
-            raise SystemExit(2) from None
-        if node.get_parameter("autostart").value:
-            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-                print(f"tracker_node: configure failed: {node.configure_error}", file=sys.stderr)
-                raise SystemExit(2)
-            if node.trigger_activate() != TransitionCallbackReturn.SUCCESS:
-                print("tracker_node: activate failed (see the log above)", file=sys.stderr)
-                raise SystemExit(2)
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        if rclpy.ok():
-            raise
-        # raised by the shutdown itself (a timer publishing as Ctrl-C invalidates the context)
-    finally:
-        if node is not None:
-            with contextlib.suppress(Exception) if not rclpy.ok() else contextlib.nullcontext():
-                node.destroy_node()
-        rclpy.try_shutdown()
+    run_lifecycle_node("tracker_node", TrackerNode, args)
 
 
 if __name__ == "__main__":

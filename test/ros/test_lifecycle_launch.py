@@ -236,7 +236,7 @@ def test_launch_plans_match_the_launch_arguments():
     assert {"image:=/cam/image_raw", "camera_info:=/cam/info", "checkpoint:=m.pt"} <= set(args)
     assert plan.environment["FASTDDS_DEFAULT_PROFILES_FILE"].endswith("config/fastdds_shm.xml")
     assert [n.name for n in tracker_plan({"rviz": "true"}).nodes] == ["drone_pose_tracker", "rviz2"]
-    multi = multi_camera_plan({"cameras": "left,right"})
+    multi = multi_camera_plan({"cameras": "left,right", "fusion": "false"})
     assert [n.namespace for n in multi.nodes] == ["left", "right"]
     assert [n.parameters["drone_frame"] for n in multi.nodes] == ["drone_left", "drone_right"]
     assert ("image", "/right/image_raw") in multi.nodes[1].remappings
@@ -244,7 +244,7 @@ def test_launch_plans_match_the_launch_arguments():
         tracker_plan({"camera": "x"})
     with pytest.raises(LaunchArgumentError, match="rviz must be true or false"):
         tracker_plan({"rviz": "yes please"})
-    with pytest.raises(LaunchArgumentError, match="distinct"):
+    with pytest.raises(LaunchArgumentError, match="listed twice"):
         multi_camera_plan({"cameras": "a,a"})
 
 
@@ -275,6 +275,7 @@ def test_drone_pose_launch_starts_the_trackers(ros_node, checkpoint):
             "launch",
             "multi_camera",
             "cameras:=left,right",
+            "fusion:=false",
             f"checkpoint:={checkpoint}",
             "device:=cpu",
         ],
@@ -311,6 +312,49 @@ def test_drone_pose_launch_starts_the_trackers(ros_node, checkpoint):
     assert launcher.returncode == 0, out[-3000:]
     assert out.count("--params-file") == 2
     assert "drone_pose_tracker exited with status" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.ros
+def test_drone_pose_launch_starts_one_fusion_node_by_default(ros_node, checkpoint):
+    """`drone-pose launch multi_camera` without fusion:=false starts one fusion node subscribing
+    every camera and publishing /pose; SIGINT stops it and the launcher exits 0."""
+    node, executor = ros_node
+    launcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "drone_pose.cli",
+            "launch",
+            "multi_camera",
+            "cameras:=left,right",
+            f"checkpoint:={checkpoint}",
+            "device:=cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+
+        def graph_complete() -> bool:
+            subscribed = all(node.count_subscribers(f"/{c}/image_raw") == 1 for c in ("left", "right"))
+            named = ("drone_pose_fusion", "/") in set(node.get_node_names_and_namespaces())
+            return subscribed and named and node.count_publishers("/pose") == 1
+
+        assert spin_until(executor, graph_complete, timeout_s=90.0), "the fusion node did not come up"
+    finally:
+        launcher.send_signal(signal.SIGINT)
+        try:
+            out, _ = launcher.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            out, _ = launcher.communicate()
+            pytest.fail(f"the launcher did not stop within 60 s of SIGINT: {out[-3000:]}")
+    assert launcher.returncode == 0, out[-3000:]
+    assert out.count("--params-file") == 1
+    assert "fusion.yaml" in out
     assert "Traceback" not in out
 
 

@@ -1,0 +1,199 @@
+"""The fusion node over real DDS, in its own process: three cameras of a rendered flight published
+from the test process, one camera cut mid-flight and one sending garbage; fused poses in the rig
+frame with the group stamps, counted in the per-camera diagnostics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+from tf2_msgs.msg import TFMessage
+
+from drone_pose.bags.flight_bag import FlightBagSpec, plan_flight, write_flight_bag
+from drone_pose.bags.frames import read_frames
+from drone_pose.fusion.rig_file import Rig, invert_rigid, save_rig_file
+from drone_pose.ros.image_conversions import numpy_to_image
+from drone_pose.ros.qos import TF_TOPIC, sensor_data_qos, tf_qos
+
+from .conftest import spin_until
+
+pytestmark = pytest.mark.ros
+
+CAMERAS = ("camera0", "camera1", "camera2")
+SPEC = FlightBagSpec(drone="m2ed", seconds=2.0, rate_hz=5.0, cameras=3, seed=11)
+
+
+@pytest.fixture(scope="module")
+def rig_flight(tmp_path_factory):
+    """A rendered 3-camera flight (frames per camera, in stamp order) and its rig file."""
+    root = tmp_path_factory.mktemp("fusion")
+    bag = root / "flight"
+    write_flight_bag(bag, SPEC, workers=1, progress=False)
+    frames = {camera: read_frames(bag, camera)[0] for camera in CAMERAS}
+    rig_cameras, flight = plan_flight(SPEC)
+    rig_from_camera = np.tile(np.eye(4), (len(rig_cameras), 1, 1))
+    for index, camera in enumerate(rig_cameras):
+        rig_from_camera[index, :3, :3] = camera.R_world_camera
+        rig_from_camera[index, :3, 3] = camera.position
+    rig = Rig("world", CAMERAS, tuple(c.optical_frame for c in rig_cameras), invert_rigid(rig_from_camera))
+    rig_file = save_rig_file(rig, root / "rig.yaml")
+    return frames, rig_file, flight
+
+
+def start_fusion(*parameters: str) -> subprocess.Popen:
+    arguments = [item for p in ("device:=cpu", *parameters) for item in ("-p", p)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "drone_pose.ros.fusion_node", "--ros-args", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def camera_info_of(frame: dict, header: Header) -> CameraInfo:
+    info = CameraInfo(header=header, width=frame["rgb"].shape[1], height=frame["rgb"].shape[0])
+    info.k = [float(v) for v in frame["K"].reshape(9)]
+    return info
+
+
+def statuses(array: DiagnosticArray) -> dict[str, dict[str, str]]:
+    return {status.name: {kv.key: kv.value for kv in status.values} for status in array.status}
+
+
+def test_a_cut_camera_and_a_garbage_camera_leave_fusion_running_on_the_others(ros_node, rig_flight):
+    node, executor = ros_node
+    frames, rig_file, flight = rig_flight
+    count = len(frames["camera0"])
+    assert count == 10
+    assert all(len(frames[c]) == count for c in CAMERAS)
+    poses, covariances, transforms, diagnostics = [], [], [], []
+    node.create_subscription(PoseStamped, "/pose", poses.append, QoSProfile(depth=50))
+    node.create_subscription(
+        PoseWithCovarianceStamped, "/pose_with_covariance", covariances.append, QoSProfile(depth=50)
+    )
+    node.create_subscription(TFMessage, TF_TOPIC, transforms.append, tf_qos())
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=20))
+    images = {c: node.create_publisher(Image, f"/{c}/image_raw", sensor_data_qos(10)) for c in CAMERAS}
+    infos = {c: node.create_publisher(CameraInfo, f"/{c}/camera_info", sensor_data_qos(10)) for c in CAMERAS}
+    fusion = start_fusion(
+        "cameras:=" + ",".join(CAMERAS),
+        f"rig_file:={rig_file}",
+        "drone_frame:=drone_fused",
+        "max_wait_s:=0.3",
+    )
+    try:
+        ready = spin_until(
+            executor,
+            lambda: (
+                all(node.count_subscribers(f"/{c}/image_raw") > 0 for c in CAMERAS)
+                and node.count_publishers("/pose") > 0
+                and node.count_publishers("/pose_with_covariance") > 0
+            ),
+            timeout_s=60.0,
+        )
+        assert ready, "the fusion node did not come up: " + (fusion.stderr.read() if fusion.poll() else "")
+        spin_until(executor, lambda: False, timeout_s=1.0)  # let the best-effort readers match
+        garbage, cut_after = {3, 4}, 5  # camera1 sends garbage at frames 3 and 4; camera2 stops after 5
+        for index in range(count):
+            stamp = frames["camera0"][index]["stamp"]
+            for camera in CAMERAS:
+                if camera == "camera2" and index >= cut_after:
+                    continue
+                frame = frames[camera][index]
+                header = Header(
+                    stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id=frame["frame_id"]
+                )
+                infos[camera].publish(camera_info_of(frame, header))
+                image = numpy_to_image(frame["rgb"], "rgb8", header.stamp, frame["frame_id"])
+                if camera == "camera1" and index in garbage:
+                    image.encoding = "bogus16"  # garbage: an encoding nobody can decode
+                images[camera].publish(image)
+            spin_until(executor, lambda: False, timeout_s=0.4)  # 2.5 Hz: the CPU keeps up
+
+        def settled() -> bool:
+            if not diagnostics:
+                return False
+            report = statuses(diagnostics[-1])
+            fused = report.get("drone_pose: fusion", {})
+            return int(fused.get("groups_processed", 0)) + int(
+                fused.get("groups_dropped", 0)
+            ) >= count and int(fused.get("poses_published", 0)) <= len(poses)
+
+        spin_until(executor, settled, timeout_s=60.0)
+        spin_until(executor, lambda: False, timeout_s=2.5)  # the next reports: the cut camera has gone quiet
+    finally:
+        fusion.terminate()
+        fusion.wait(timeout=20)
+    report = statuses(diagnostics[-1])
+    fused = report["drone_pose: fusion"]
+    cut, noisy, steady = (report[f"drone_pose: fusion camera {c}"] for c in ("camera2", "camera1", "camera0"))
+    # every group was fused, with whatever views came
+    assert int(fused["groups_processed"]) == count, fused
+    assert int(fused["poses_published"]) == count == len(poses) == len(covariances), fused
+    assert int(fused["groups_complete"]) == count - len(garbage) - (count - cut_after), fused
+    assert int(fused["groups_partial_2_views"]) == len(garbage) + (count - cut_after), fused
+    # counted per camera
+    assert int(cut["frames_received"]) == cut_after, cut
+    assert int(cut["views_estimated"]) == cut_after, cut
+    assert float(cut["input_rate_hz"]) == 0.0, cut  # the cut camera shows as quiet
+    assert int(noisy["rejected_bad_image"]) == len(garbage), noisy
+    assert noisy["last_rejection"] == "bad_image", noisy
+    assert int(noisy["views_estimated"]) == count - len(garbage), noisy
+    assert int(steady["views_estimated"]) == count, steady
+    assert "rejected_bad_image" not in steady, steady
+    for camera in (cut, noisy, steady):  # each estimated view is fused, gated or invalid by its own verdict
+        left_out = sum(int(v) for k, v in camera.items() if k.startswith("views_invalid_"))
+        left_out += int(camera.get("views_gated", 0))
+        assert int(camera["views_used"]) + left_out == int(camera["views_estimated"]), camera
+    used = sum(int(camera["views_used"]) for camera in (cut, noisy, steady))
+    assert float(fused["views_used_mean"]) == pytest.approx(used / count, abs=1e-3), fused
+    assert used >= 2 * count, fused  # of the 23 views that came, at most 3 left out
+    assert fused["extrinsics"] == "rig_file"
+    assert fused["rig_frame"] == "world"
+    # poses in the rig frame, with the groups' stamps, close to the truth with 2 or 3 views
+    stamps = [f["stamp"] for f in frames["camera0"]]
+    assert [p.header.stamp.sec * 10**9 + p.header.stamp.nanosec for p in poses] == stamps
+    assert {p.header.frame_id for p in poses} == {"world"}
+    position = np.array([[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in poses])
+    error_cm = 100 * np.linalg.norm(position - flight.position[: len(poses)], axis=1)
+    assert np.median(error_cm) < 3.0, error_cm
+    assert error_cm.max() < 10.0, error_cm
+    covariance = np.array([c.pose.covariance for c in covariances]).reshape(-1, 6, 6)
+    assert np.isfinite(covariance).all()
+    assert (np.linalg.eigvalsh(covariance) > 0).all()
+    sent = [t for m in transforms for t in m.transforms if t.child_frame_id == "drone_fused"]
+    assert sent
+    assert {t.header.frame_id for t in sent} == {"world"}
+
+
+def test_a_missing_rig_file_fails_configure_with_one_line():
+    fusion = start_fusion("cameras:=camera0,camera1", "rig_file:=/nonexistent/rig.yaml")
+    try:
+        _, err = fusion.communicate(timeout=60)
+    finally:
+        if fusion.poll() is None:
+            fusion.kill()
+    assert fusion.returncode == 2, err
+    line = [line for line in err.splitlines() if line.startswith("fusion_node: configure failed")]
+    assert line, err
+    assert "/nonexistent/rig.yaml" in line[0], err
+
+
+def test_a_camera_missing_from_the_rig_file_fails_configure(rig_flight):
+    _, rig_file, _ = rig_flight
+    fusion = start_fusion("cameras:=camera0,camera9", f"rig_file:={rig_file}")
+    try:
+        _, err = fusion.communicate(timeout=60)
+    finally:
+        if fusion.poll() is None:
+            fusion.kill()
+    assert fusion.returncode == 2, err
+    assert "no camera 'camera9'" in err, err
