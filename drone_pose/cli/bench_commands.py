@@ -1,4 +1,4 @@
-"""`drone-pose bench pnp | net | tracker | soak | train`: benchmarks that print JSON."""
+"""`drone-pose bench pnp | multiview | net | tracker | fusion | soak | train`: benchmarks that print JSON."""
 
 from __future__ import annotations
 
@@ -70,6 +70,22 @@ def _cmd_bench_tracker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_fusion(args: argparse.Namespace) -> int:
+    from drone_pose.ros.fusion_benchmark import run_fusion_benchmark
+
+    report = run_fusion_benchmark(
+        args.checkpoint,
+        drone=args.drone,
+        cameras=args.cameras,
+        seconds=args.seconds,
+        rate_hz=args.rate,
+        device=args.device,
+        parameters=tuple(args.param or ()),
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print JSON").add_subparsers(
         dest="target", required=True
@@ -114,6 +130,19 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     )
     tracker.add_argument("--param", action="append", help="extra tracker parameter name:=value")
     tracker.set_defaults(run=_cmd_bench_tracker)
+    fusion = bench.add_parser(
+        "fusion", help="fusion node over DDS: V cameras at a fixed rate, per-group latency, drops, memory"
+    )
+    fusion.add_argument("--checkpoint", help="default: the shipped checkpoint of --drone")
+    fusion.add_argument("--drone", default="m2ed")
+    fusion.add_argument("--cameras", type=int, choices=(1, 2, 3, 4), default=3)
+    fusion.add_argument("--seconds", type=positive_float, default=60.0)
+    fusion.add_argument("--rate", type=positive_float, default=10.0, help="frame rate of every camera, Hz")
+    fusion.add_argument(
+        "--device", type=node_device_option, default="cpu", help="the fusion node's device (cpu, cuda, auto)"
+    )
+    fusion.add_argument("--param", action="append", help="extra fusion node parameter name:=value")
+    fusion.set_defaults(run=_cmd_bench_fusion)
     _add_bench_soak(bench)
     _add_bench_train(bench)
 

@@ -112,7 +112,7 @@ def run_latency_benchmark(
             if tracker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the tracker did not start: {tracker.stderr.read().decode()[-2000:]}")
             executor.spin_once(timeout_sec=0.05)
-        _spin_for(executor, 1.0)  # discovery settles on the tracker's side as well
+        spin_for(executor, 1.0)  # discovery settles on the tracker's side as well
         memory_start = resident_memory_mb(tracker.pid)
         publisher = threading.Thread(
             target=_publish_frames, args=(frames, images, infos, rate_hz, seconds, sent), daemon=True
@@ -123,7 +123,7 @@ def run_latency_benchmark(
             executor.spin_once(timeout_sec=0.01)
         if len(sent) < round(seconds * rate_hz):
             raise RuntimeError(f"the publisher stopped after {len(sent)} frames")
-        _spin_for(executor, 2.0)  # the last poses and one more diagnostics message
+        spin_for(executor, 2.0)  # the last poses and one more diagnostics message
         memory_end = resident_memory_mb(tracker.pid)
     finally:
         stop_process(tracker)
@@ -170,7 +170,7 @@ def _median_rate(diagnostics: list[dict[str, str]]) -> float | None:
     return round(float(np.median(rates)), 2) if rates else None
 
 
-def _spin_for(executor: SingleThreadedExecutor, seconds: float) -> None:
+def spin_for(executor: SingleThreadedExecutor, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.01)
