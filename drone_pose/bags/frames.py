@@ -8,7 +8,7 @@ Topics of camera NAME: /NAME/image_raw (rgb8, bgr8, mono8), /NAME/camera_info an
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,60 +70,82 @@ def read_frames(bag: str | Path, camera: str) -> tuple[list[dict[str, Any]], dic
     that is not a finite pinhole camera of a supported lens model, or with a non-finite ground-truth
     pose are skipped and counted.
     """
-    images, infos, truths = {}, {}, {}
+    topics = camera_topics(camera)
+    read, undecodable = read_topics(bag, topics, required=topics[0], hint="check --camera")
+    return camera_frames(*(read[topic] for topic in topics), undecodable=undecodable)
+
+
+def camera_topics(camera: str) -> tuple[str, str, str]:
+    """A camera's image, CameraInfo and ground-truth pose topics."""
+    return f"/{camera}/image_raw", f"/{camera}/camera_info", f"/{camera}/ground_truth/pose"
+
+
+def read_topics(
+    bag: str | Path, topics: Sequence[str], required: str | None = None, hint: str = ""
+) -> tuple[dict[str, list[Any]], int]:
+    """The deserialized messages of `topics` in the bag (topic -> messages in bag order; [] for a
+    topic the bag lacks) and the count of undecodable ones. BagError for an unreadable bag, or one
+    without the topic `required` (the message ends with `hint`)."""
+    read: dict[str, list[Any]] = {topic: [] for topic in topics}
+    undecodable = 0
+    try:
+        with open_bag(bag) as reader:
+            connections = [c for c in reader.connections if c.topic in read]
+            if required is not None and not any(c.topic == required for c in connections):
+                raise BagError(f"{bag}: no {required} topic{'; ' + hint if hint else ''}")
+            for connection, _, raw in reader.messages(connections=connections):
+                try:
+                    message = messages.deserialize(raw, connection.msgtype)
+                except Exception:  # rosbags raises several types for corrupt CDR
+                    undecodable += 1
+                    continue
+                read[connection.topic].append(message)
+    except BagError:
+        raise
+    except Exception as error:  # corrupt storage: ReaderError, UnicodeDecodeError, KeyError, MemoryError...
+        raise BagError(f"{bag}: not a readable rosbag2 bag ({type(error).__name__}: {error})") from error
+    return read, undecodable
+
+
+def camera_frames(
+    images: Sequence[Any], infos: Sequence[Any], truths: Sequence[Any], undecodable: int = 0
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """One camera's Image, CameraInfo and ground-truth PoseStamped messages paired by stamp into
+    frames (read_frames), and the counts of skipped messages (undecodable: that many already)."""
+    by_stamp = [{messages.stamp_ns(m.header): m for m in topic} for topic in (images, infos, truths)]
+    images_at, infos_at, truths_at = by_stamp
     skipped = {
-        "undecodable": 0,
+        "undecodable": undecodable,
         "no_camera_info": 0,
         "no_ground_truth": 0,
         "bad_camera_info": 0,
         "bad_ground_truth": 0,
     }
-    topics = {
-        f"/{camera}/image_raw": images,
-        f"/{camera}/camera_info": infos,
-        f"/{camera}/ground_truth/pose": truths,
-    }
-    try:
-        with open_bag(bag) as reader:
-            connections = [c for c in reader.connections if c.topic in topics]
-            if not any(c.topic == f"/{camera}/image_raw" for c in connections):
-                raise BagError(f"{bag}: no /{camera}/image_raw topic; check --camera")
-            for connection, _, raw in reader.messages(connections=connections):
-                try:
-                    message = messages.deserialize(raw, connection.msgtype)
-                except Exception:  # rosbags raises several types for corrupt CDR
-                    skipped["undecodable"] += 1
-                    continue
-                topics[connection.topic][messages.stamp_ns(message.header)] = message
-    except BagError:
-        raise
-    except Exception as error:  # corrupt storage: ReaderError, UnicodeDecodeError, KeyError, MemoryError...
-        raise BagError(f"{bag}: not a readable rosbag2 bag ({type(error).__name__}: {error})") from error
     frames = []
-    for stamp in sorted(images):
-        if stamp not in infos:
+    for stamp in sorted(images_at):
+        if stamp not in infos_at:
             skipped["no_camera_info"] += 1
             continue
-        if stamp not in truths:
+        if stamp not in truths_at:
             skipped["no_ground_truth"] += 1
             continue
         try:
-            rgb = image_array(images[stamp])
+            rgb = image_array(images_at[stamp])
         except ValueError:
             skipped["undecodable"] += 1
             continue
-        camera_model = _camera_model(infos[stamp])
+        camera_model = _camera_model(infos_at[stamp])
         if camera_model is None:
             skipped["bad_camera_info"] += 1
             continue
-        truth = _true_pose(truths[stamp].pose)
+        truth = true_pose(truths_at[stamp].pose)
         if truth is None:
             skipped["bad_ground_truth"] += 1
             continue
         frames.append(
             {
                 "stamp": stamp,
-                "frame_id": images[stamp].header.frame_id,
+                "frame_id": images_at[stamp].header.frame_id,
                 "rgb": rgb,
                 "K": camera_model[0],
                 "distortion": camera_model[1],
@@ -146,11 +168,18 @@ def _camera_model(info: Any) -> tuple[np.ndarray, Distortion | None] | None:
         return None
 
 
-def _true_pose(pose: Any) -> tuple[np.ndarray, np.ndarray] | None:
+def true_pose(pose: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """(R [3,3], t [3] metres) of a geometry_msgs/Pose; None when it is not finite or its quaternion
     has no length."""
-    q = np.array([pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w])
-    t = np.array([pose.position.x, pose.position.y, pose.position.z], dtype=np.float64)
+    return rigid_pose(pose.orientation, pose.position)
+
+
+def rigid_pose(rotation: Any, translation: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(R [3,3], t [3] metres) of a quaternion message (x, y, z, w) and a point or vector message
+    (x, y, z): a Pose's orientation and position, a Transform's rotation and translation; None when
+    they are not finite or the quaternion has no length (it is normalised)."""
+    q = np.array([rotation.x, rotation.y, rotation.z, rotation.w], dtype=np.float64)
+    t = np.array([translation.x, translation.y, translation.z], dtype=np.float64)
     norm = float(np.linalg.norm(q))
     if not (np.isfinite(q).all() and np.isfinite(t).all() and norm > 1e-6):
         return None

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from drone_pose.atomic_files import atomic_open
 from drone_pose.bags.estimates_bag import EstimatedFrame, write_estimates_bag
 from drone_pose.bags.frames import bag_drone, read_frames
-from drone_pose.drones import load_drone
+from drone_pose.drones import DroneModel, load_drone
 from drone_pose.errors import UserError
 from drone_pose.evaluation.drone_pairing import refuse_other_drone
 from drone_pose.evaluation.reports import markdown_table, size_table, write_report
@@ -66,14 +68,7 @@ def evaluate_bag(
     ]
     elapsed = time.perf_counter() - started
     estimate = PoseEstimate.concatenate(estimates)
-    R_gt = torch.tensor(np.stack([f["R"] for f in frames]))
-    t_gt = torch.tensor(np.stack([f["t"] for f in frames]))
-    K = torch.tensor(np.stack([f["K"] for f in frames]))
-    pinhole_keypoints, _ = project_points(torch.tensor(drone.keypoints, dtype=torch.float64), R_gt, t_gt, K)
-    # the estimator's keypoints are where the (distorted) image shows them: so are the true ones
-    keypoints_gt = distort_pixels(pinhole_keypoints, K, [f["distortion"] for f in frames])
-    image_sizes = torch.tensor([[f["rgb"].shape[1], f["rgb"].shape[0]] for f in frames])
-    scores = score_estimates(drone, estimate, R_gt, t_gt, K, keypoints_gt, image_sizes)
+    scores = score_frames(drone, estimate, frames)
     out = Path(out)
     label = f"{Path(checkpoint).name} on {Path(bag).name}/{camera}"
     samples = {"stamp_ns": np.array([f["stamp"] for f in frames]), **scores.samples}
@@ -86,7 +81,17 @@ def evaluate_bag(
         drone.keypoint_names,
         scores.by_size,
     )
-    files["frames"] = str(_write_frames_csv(out / "frames.csv", frames, estimate, scores))
+    files["frames"] = str(
+        write_frames_csv(
+            out / "frames.csv",
+            [f["stamp"] for f in frames],
+            estimate.valid,
+            estimate.reasons,
+            scores,
+            estimate.R,
+            estimate.t,
+        )
+    )
 
     def overlay(index: int) -> np.ndarray | None:
         if index % overlay_every != 0:
@@ -128,6 +133,19 @@ def evaluate_bag(
     }
 
 
+def score_frames(drone: DroneModel, estimate: PoseEstimate, frames: Sequence[dict[str, Any]]) -> Scores:
+    """Scores of the estimates of S frames (read_frames dicts: their true pose R, t in the camera,
+    K, distortion and rgb image) against their ground truth."""
+    R_gt = torch.tensor(np.stack([f["R"] for f in frames]))
+    t_gt = torch.tensor(np.stack([f["t"] for f in frames]))
+    K = torch.tensor(np.stack([f["K"] for f in frames]))
+    pinhole_keypoints, _ = project_points(torch.tensor(drone.keypoints, dtype=torch.float64), R_gt, t_gt, K)
+    # the estimator's keypoints are where the (distorted) image shows them: so are the true ones
+    keypoints_gt = distort_pixels(pinhole_keypoints, K, [f["distortion"] for f in frames])
+    image_sizes = torch.tensor([[f["rgb"].shape[1], f["rgb"].shape[0]] for f in frames])
+    return score_estimates(drone, estimate, R_gt, t_gt, K, keypoints_gt, image_sizes)
+
+
 def _same_size_batches(frames: list[dict[str, Any]], batch_size: int) -> list[list[dict[str, Any]]]:
     """Consecutive frames in groups of at most batch_size whose images share one size."""
     groups: list[list[dict[str, Any]]] = []
@@ -139,30 +157,41 @@ def _same_size_batches(frames: list[dict[str, Any]], batch_size: int) -> list[li
     return groups
 
 
-def _write_frames_csv(
-    path: Path, frames: list[dict[str, Any]], estimate: PoseEstimate, scores: Scores
+def write_frames_csv(
+    path: Path,
+    stamps: Sequence[int],
+    valid: Tensor,
+    reasons: Sequence[str],
+    scores: Scores,
+    R: Tensor,
+    t: Tensor,
+    extra: dict[str, Sequence[Any]] | None = None,
 ) -> Path:
-    """Per frame: stamp, valid, reason, rotation/translation/reprojection errors and the pose."""
-    quaternions = matrix_to_quaternion_xyzw(estimate.R.double()).numpy()
+    """Per frame (or group) S: stamp (ns), valid, reason, the `extra` columns (name -> S values),
+    rotation/translation/reprojection errors and the pose R [S,3,3], t [S,3] metres as t and
+    quaternion x, y, z, w at full float64 precision."""
+    extra = extra or {}
+    quaternions = matrix_to_quaternion_xyzw(R.double()).tolist()
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             [
-                *("stamp_ns", "valid", "reason", "rotation_deg", "translation_cm", "proj_px"),
+                *("stamp_ns", "valid", "reason", *extra, "rotation_deg", "translation_cm", "proj_px"),
                 *("tx", "ty", "tz", "qx", "qy", "qz", "qw"),
             ]
         )
-        for index, frame in enumerate(frames):
+        for index, stamp in enumerate(stamps):
             writer.writerow(
                 [
-                    frame["stamp"],
-                    int(estimate.valid[index]),
-                    estimate.reasons[index],
+                    stamp,
+                    int(valid[index]),
+                    reasons[index],
+                    *(column[index] for column in extra.values()),
                     f"{scores.samples['rotation_deg'][index]:.4f}",
                     f"{scores.samples['translation_cm'][index]:.4f}",
                     f"{scores.samples['proj_px'][index]:.4f}",
-                    *(f"{v:.6f}" for v in estimate.t[index].tolist()),
-                    *(f"{v:.6f}" for v in quaternions[index].tolist()),
+                    *(repr(v) for v in t[index].double().tolist()),
+                    *(repr(v) for v in quaternions[index]),
                 ]
             )
     return path

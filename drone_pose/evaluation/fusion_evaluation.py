@@ -11,7 +11,6 @@ position spread: a choice a tracker could make), and the fusion of 1..V cameras.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,15 +25,20 @@ from torch import Tensor
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from drone_pose.atomic_files import atomic_path, write_text
+from drone_pose.atomic_files import atomic_path
 from drone_pose.data.shards import DatasetFormatError, read_index, read_shard
 from drone_pose.drones import DroneModel, load_drone
 from drone_pose.evaluation.drone_pairing import refuse_other_drone
-from drone_pose.evaluation.reports import markdown_table
+from drone_pose.evaluation.fusion_scoring import (
+    fusion_table,
+    in_first_camera,
+    most_certain_view,
+    with_errors,
+    write_fusion_documents,
+)
 from drone_pose.evaluation.scoring import Scores, score_estimates
-from drone_pose.fusion.fused_estimator import DEFAULT_GATE_MAHALANOBIS, FusedEstimate, FusedEstimator
-from drone_pose.fusion.rig import camera_poses, split_extrinsics, step_map
-from drone_pose.inference.estimator import PoseEstimate, PoseEstimator, position_std
+from drone_pose.fusion.fused_estimator import DEFAULT_GATE_MAHALANOBIS, FusedEstimator
+from drone_pose.inference.estimator import PoseEstimate, PoseEstimator
 from drone_pose.nets.zoom import ZoomSettings
 
 
@@ -143,14 +147,14 @@ def evaluate_fusion(
         )
         for v in range(views):
             single[v].append(estimate.take(torch.arange(count) * views + v))
-        picked, chosen = _most_certain_view(estimate, count, views)
+        picked, chosen = most_certain_view(estimate, count, views)
         certain.append(picked)
         chosen_views.append(chosen)
         for n in range(1, views + 1):
             subset = (torch.arange(count)[:, None] * views + torch.arange(n)).flatten()
             result = fuser.fuse(estimate.take(subset), groups.K[:, :n], groups.cam_from_rig[:, :n])
             fused[n - 1].append(
-                _in_first_camera(result, groups.cam_from_rig[:, 0], estimate.take(subset[::n]))
+                in_first_camera(result, groups.cam_from_rig[:, 0], estimate.take(subset[::n]))
             )
             used[n - 1].append(result.views_used.sum(1).double())
             gated[n - 1].append(result.gated.sum(1).double())
@@ -168,17 +172,17 @@ def evaluate_fusion(
     rows: list[tuple[str, dict[str, float]]] = []
     single_scores = [score(PoseEstimate.concatenate(single[v]), v) for v in range(views)]
     for v, scores in enumerate(single_scores):
-        rows.append((f"camera {v} alone", _with_errors(scores)))
+        rows.append((f"camera {v} alone", with_errors(scores)))
     certain_estimate = PoseEstimate.concatenate(certain)
     certain_scores = _score_chosen(
         drone, certain_estimate, R, t, K, keypoints, sizes, torch.cat(chosen_views)
     )
-    rows.append(("most certain single view", _with_errors(certain_scores)))
+    rows.append(("most certain single view", with_errors(certain_scores)))
     fused_scores = []
     for n in range(1, views + 1):
         scores = score(PoseEstimate.concatenate(fused[n - 1]), 0)
         fused_scores.append(scores)
-        metrics = _with_errors(scores)
+        metrics = with_errors(scores)
         metrics["views_used"] = float(torch.cat(used[n - 1]).mean())
         metrics["views_gated"] = float(torch.cat(gated[n - 1]).mean())
         metrics["fusion_ms_per_group"] = float(np.mean(fusion_ms[n - 1]))
@@ -194,57 +198,13 @@ def evaluate_fusion(
         "add5_miss_single_mean": float(np.mean([miss(s) for s in single_scores])),
         "add5_miss_fused": miss(fused_scores[-1]),
         "seconds": round(elapsed, 2),
-        "table": markdown_table(rows) + "\n" + _extra_table(rows),
+        "table": fusion_table(rows),
     }
     if out is not None:
         summary["files"] = _write_files(
             Path(out), summary, drone, single_scores[0], fused_scores, K[:, 0], t[:, 0]
         )
     return summary
-
-
-def _with_errors(scores: Scores) -> dict[str, float]:
-    """The papers' metrics plus median position (cm) and rotation (deg) errors and NEES ratio."""
-    metrics = dict(scores.metrics)
-    metrics["position_cm_median"] = float(np.median(scores.samples["translation_cm"]))
-    metrics["rotation_deg_median"] = float(np.median(scores.samples["rotation_deg"]))
-    return metrics
-
-
-def _extra_table(rows: list[tuple[str, dict[str, float]]]) -> str:
-    """Position/rotation medians, covariance consistency, validity and fusion figures per row."""
-    columns = (
-        ("position_cm_median", "position cm (median)", "{:.2f}"),
-        ("rotation_deg_median", "rotation deg (median)", "{:.2f}"),
-        ("covariance_ratio", "NEES / chi2_6 median", "{:.2f}"),
-        ("valid_fraction", "valid %", "{:.1f}"),
-        ("views_used", "views used", "{:.2f}"),
-        ("views_gated", "views gated", "{:.3f}"),
-        ("fusion_ms_per_group", "fusion ms/group", "{:.1f}"),
-    )
-    lines = [
-        "| | " + " | ".join(title for _, title, _ in columns) + " |",
-        "| --- |" + " --- |" * len(columns),
-    ]
-    for label, metrics in rows:
-        cells = []
-        for key, _, pattern in columns:
-            value = metrics.get(key)
-            if value is not None and key == "valid_fraction":
-                value = 100.0 * value
-            cells.append("" if value is None else pattern.format(value))
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _most_certain_view(estimate: PoseEstimate, groups: int, views: int) -> tuple[PoseEstimate, Tensor]:
-    """Per group, the valid view with the smallest predicted position spread (view 0 where none is
-    valid): its estimates (G images) and the chosen view numbers [G]."""
-    spread = position_std(estimate.covariance).view(groups, views)
-    valid = estimate.valid.view(groups, views)
-    score = torch.where(valid & torch.isfinite(spread), spread, torch.full_like(spread, torch.inf))
-    chosen = torch.where(valid.any(1), score.argmin(1), torch.zeros(groups, dtype=torch.int64))
-    return estimate.take(torch.arange(groups) * views + chosen), chosen
 
 
 def _score_chosen(
@@ -264,25 +224,6 @@ def _score_chosen(
     )
 
 
-def _in_first_camera(fused: FusedEstimate, cam_from_rig: Tensor, first_view: PoseEstimate) -> PoseEstimate:
-    """Fused poses of G groups as the first camera sees them (cam_from_rig [G,4,4]), as a
-    PoseEstimate with that view's keypoints, the covariance in camera axes and the fused validity."""
-    cam_R, cam_t = split_extrinsics(cam_from_rig.double())
-    R, t = camera_poses(fused.R, fused.t, cam_R[:, None], cam_t[:, None])
-    A = step_map(cam_R)
-    return PoseEstimate(
-        keypoints=first_view.keypoints,
-        confidences=first_view.confidences,
-        R=R[:, 0],
-        t=t[:, 0],
-        covariance=A @ fused.covariance @ A.transpose(-1, -2),
-        reprojection_rms=fused.reprojection_rms,
-        valid=fused.valid,
-        reasons=fused.reasons,
-        zoomed=first_view.zoomed,
-    )
-
-
 def _write_files(
     out: Path,
     summary: dict[str, Any],
@@ -293,15 +234,8 @@ def _write_files(
     t: Tensor,
 ) -> dict[str, str]:
     """fusion.md, fusion.json and fusion.png (ADD2/ADD5 against cameras; ADD5 against drone size)."""
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "fusion_md": str(out / "fusion.md"),
-        "fusion_json": str(out / "fusion.json"),
-        "fusion_png": str(out / "fusion.png"),
-    }
     heading = f"{summary['groups']} groups of {summary['cameras']} cameras ({summary['rig']['layout']} rig)"
-    write_text(out / "fusion.md", f"# {summary['label']}\n\n{heading}\n\n{summary['table']}")
-    write_text(out / "fusion.json", json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2))
+    files = {**write_fusion_documents(out, summary, heading), "fusion_png": str(out / "fusion.png")}
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     cameras = np.arange(1, len(fused) + 1)
     for metric in ("ADD2", "ADD5"):
