@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _session_resources = contextlib.ExitStack()
 
@@ -36,3 +38,14 @@ def pytest_configure(config) -> None:
 
 def pytest_unconfigure(config) -> None:
     _session_resources.close()
+
+
+@pytest.fixture(scope="session")
+def rig_bag(tmp_path_factory) -> Path:
+    """A 3-camera M2ED flight bag (drone-pose synth-bag --cameras 3): 6 groups, 1.2 s at 5 Hz, 160x120."""
+    from drone_pose.bags.flight_bag import FlightBagSpec, write_flight_bag
+
+    bag = tmp_path_factory.mktemp("rig_bag") / "flight"
+    spec = FlightBagSpec(seconds=1.2, rate_hz=5.0, cameras=3, seed=3, width=160, height=120)
+    write_flight_bag(bag, spec, workers=1, progress=False)
+    return bag
