@@ -83,13 +83,37 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval_bag(args: argparse.Namespace) -> int:
+    from drone_pose.bags.rig_frames import bag_cameras
+    from drone_pose.errors import UserError
     from drone_pose.evaluation.bag_evaluation import evaluate_bag
 
+    fusion_options = [
+        option
+        for option, value in (
+            ("--cameras", args.cameras),
+            ("--rig-file", args.rig_file),
+            ("--gate", args.gate),
+        )
+        if value is not None
+    ]
+    if args.camera is not None and fusion_options:
+        raise UserError(
+            f"--camera evaluates one camera alone and {', '.join(fusion_options)} fuses several: give one"
+        )
+    camera, cameras = args.camera, args.cameras
+    if camera is None and cameras is None:
+        found = bag_cameras(args.bag)
+        if len(found) > 1 or fusion_options:
+            cameras = found
+        else:
+            camera = found[0] if found else "camera"
+    if cameras is not None:
+        return _eval_fused_bag(args, cameras)
     summary = evaluate_bag(
         args.bag,
         args.checkpoint,
         args.out,
-        camera=args.camera,
+        camera=camera,
         device=args.device,
         batch_size=args.batch_size,
     )
@@ -98,9 +122,38 @@ def _cmd_eval_bag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_fused_bag(args: argparse.Namespace, cameras: list[str]) -> int:
+    """eval-bag on several cameras: their fused poses against the rig's ground truth."""
+    from drone_pose.evaluation.fused_bag_evaluation import evaluate_fused_bag
+    from drone_pose.fusion.fused_estimator import DEFAULT_GATE_MAHALANOBIS
+
+    summary = evaluate_fused_bag(
+        args.bag,
+        args.checkpoint,
+        args.out,
+        cameras=cameras,
+        rig_file=args.rig_file,
+        device=args.device,
+        gate_mahalanobis=DEFAULT_GATE_MAHALANOBIS if args.gate is None else args.gate,
+        batch_size=args.batch_size,
+    )
+    print(summary.pop("table"))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _camera_names(text: str) -> list[str]:
+    """An argparse type: comma-separated camera names (camera0,camera2)."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected camera names separated by commas, got {text!r}")
+    return names
+
+
 def _add_eval_bag(commands: argparse._SubParsersAction) -> None:
     bag_eval = commands.add_parser(
-        "eval-bag", help="the estimator over a bag's frames vs its ground truth (offline)"
+        "eval-bag",
+        help="the estimator over a bag's frames vs its ground truth (offline); several cameras: fused",
     )
     bag_eval.add_argument(
         "bag", help="rosbag2 folder with /<camera>/image_raw, camera_info, ground_truth/pose"
@@ -109,9 +162,25 @@ def _add_eval_bag(commands: argparse._SubParsersAction) -> None:
     bag_eval.add_argument(
         "--out", required=True, help="report folder (results, frames.csv, plots, estimates/)"
     )
-    bag_eval.add_argument("--camera", default="camera", help="camera name in the bag's topics")
+    bag_eval.add_argument(
+        "--camera",
+        help="evaluate this camera alone (default: the bag's only camera; a bag of several is fused)",
+    )
+    bag_eval.add_argument(
+        "--cameras",
+        type=_camera_names,
+        help="fuse these cameras, comma-separated (default: every camera of the bag)",
+    )
+    bag_eval.add_argument(
+        "--rig-file", help="the cameras' extrinsics as a rig YAML file (default: the bag's /tf_static)"
+    )
+    bag_eval.add_argument(
+        "--gate",
+        type=positive_float,
+        help="fusion: Mahalanobis distance beyond which a view is left out (default 5)",
+    )
     bag_eval.add_argument("--device", type=device_option, help="cpu or cuda (default: cuda when available)")
-    bag_eval.add_argument("--batch-size", type=positive_int, default=8)
+    bag_eval.add_argument("--batch-size", type=positive_int, default=8, help="frames (or groups) per pass")
     bag_eval.set_defaults(run=_cmd_eval_bag)
 
 
