@@ -108,26 +108,22 @@ def _cmd_eval_bag(args: argparse.Namespace) -> int:
         else:
             camera = found[0] if found else "camera"
     if cameras is not None:
-        return _eval_fused_bag(args, cameras)
-    summary = evaluate_bag(
-        args.bag,
-        args.checkpoint,
-        args.out,
-        camera=camera,
-        device=args.device,
-        batch_size=args.batch_size,
-    )
+        summary = _fused_bag_summary(args, cameras)
+    else:
+        summary = evaluate_bag(
+            args.bag, args.checkpoint, args.out, camera=camera, device=args.device, batch_size=args.batch_size
+        )
     print(summary.pop("table"))
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def _eval_fused_bag(args: argparse.Namespace, cameras: list[str]) -> int:
+def _fused_bag_summary(args: argparse.Namespace, cameras: list[str]) -> dict:
     """eval-bag on several cameras: their fused poses against the rig's ground truth."""
     from drone_pose.evaluation.fused_bag_evaluation import evaluate_fused_bag
     from drone_pose.fusion.fused_estimator import DEFAULT_GATE_MAHALANOBIS
 
-    summary = evaluate_fused_bag(
+    return evaluate_fused_bag(
         args.bag,
         args.checkpoint,
         args.out,
@@ -137,9 +133,6 @@ def _eval_fused_bag(args: argparse.Namespace, cameras: list[str]) -> int:
         gate_mahalanobis=DEFAULT_GATE_MAHALANOBIS if args.gate is None else args.gate,
         batch_size=args.batch_size,
     )
-    print(summary.pop("table"))
-    print(json.dumps(summary, indent=2))
-    return 0
 
 
 def _camera_names(text: str) -> list[str]:

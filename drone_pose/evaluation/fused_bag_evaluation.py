@@ -14,8 +14,9 @@ pose is scored in the group's first present camera (NPE and Proj need a camera; 
 translation, ADD and NEES errors are those in the rig frame).
 
 Output folder: results.md/json, samples.csv and plots of the fused poses; fusion.md/json with the
-rows; frames.csv (per group: stamp, valid, reason, views present, used and gated, NEES, errors and
-the fused pose in the rig frame); estimates/ (an MCAP bag of the fused poses in the rig frame).
+rows; fusion.png (position error against time, each camera alone and fused); frames.csv (per
+group: stamp, valid, reason, views present, used and gated, NEES, errors and the fused pose in the
+rig frame); estimates/ (an MCAP bag of the fused poses in the rig frame).
 """
 
 from __future__ import annotations
@@ -26,9 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import torch
 
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from drone_pose.atomic_files import atomic_path
 from drone_pose.bags.estimates_bag import EstimatedFrame, write_estimates_bag
 from drone_pose.bags.frames import bag_drone
 from drone_pose.bags.rig_frames import FrameGroup, RigFrames, read_rig_frames
@@ -97,7 +103,8 @@ class _GroupResult:
     """One group's fusion: the fused pose R [3,3], t [3] (rig <- drone) and covariance [6,6] (rig
     axes, ROS order), valid, reason; views_used and gated [V] bool (absent views: False); views:
     the present views' single-view estimates; in_camera: the fused pose as its first present camera
-    sees it (in_first_camera); chosen: the camera of the most certain view; fusion_ms, total_ms."""
+    sees it (in_first_camera); chosen: the camera of the most certain view; fusion_ms: the fusion's
+    share of its batch's fusion time."""
 
     group: FrameGroup
     R: np.ndarray
@@ -111,7 +118,10 @@ class _GroupResult:
     in_camera: PoseEstimate
     chosen: int
     fusion_ms: float
-    total_ms: float
+
+    def view(self, camera: int) -> PoseEstimate:
+        """The single-view estimate of camera `camera` (present in the group)."""
+        return self.views.take(torch.tensor([self.group.present().index(camera)]))
 
 
 def evaluate_fused_bag(
@@ -139,7 +149,7 @@ def evaluate_fused_bag(
     started = time.perf_counter()
     results = [result for batch in _batches(frames.groups, batch_size) for result in _fuse(fuser, batch, rig)]
     elapsed = time.perf_counter() - started
-    rows, fused_scores = _rows(drone, frames, rig, results)
+    rows, fused_scores, series = _rows(drone, frames, rig, results)
     out = Path(out)
     label = f"{Path(checkpoint).name} on {Path(bag).name}, fused {'+'.join(frames.cameras)}"
     nees = _nees(results, rig)
@@ -184,6 +194,7 @@ def evaluate_fused_bag(
         f"{summary['groups']} groups ({summary['complete_groups']} complete) of "
         f"{len(frames.cameras)} cameras, extrinsics from {rig.source}, poses in {rig.rig_frame!r}"
     )
+    files["fusion_png"] = str(_plot_errors(out / "fusion.png", series))
     files.update(write_fusion_documents(out, {**summary, "files": files}, heading))
     summary["files"] = files
     return summary
@@ -261,7 +272,6 @@ def _group_result(
         in_camera=in_camera.take(torch.tensor([b])),
         chosen=present[int(chosen[0])],
         fusion_ms=fused.timings_ms["fusion"] / groups,
-        total_ms=fused.timings_ms["total"] / groups,
     )
 
 
@@ -272,22 +282,25 @@ def _truth_in_rig(group: FrameGroup, rig: BagRig) -> np.ndarray:
     return invert_rigid(rig.truth_from_rig) @ truth
 
 
+_Series = tuple[str, np.ndarray, np.ndarray]  # a row's label, stamps [S] ns, position errors [S] cm
+
+
 def _rows(
     drone: DroneModel, frames: RigFrames, rig: BagRig, results: list[_GroupResult]
-) -> tuple[list[tuple[str, dict[str, float]]], Scores]:
-    """The table's rows (each camera alone, the most certain view, the fusion) and the fused scores."""
-    rows = []
+) -> tuple[list[tuple[str, dict[str, float]]], Scores, list[_Series]]:
+    """The table's rows (each camera alone, the most certain view, the fusion), the fused scores and
+    the position errors of each camera alone and of the fusion over time."""
+    rows, series = [], []
     for v, camera in enumerate(frames.cameras):
         seen = [r for r in results if r.group.views[v] is not None]
-        estimate = PoseEstimate.concatenate(
-            [r.views.take(torch.tensor([r.group.present().index(v)])) for r in seen]
-        )
-        rows.append(
-            (f"{camera} alone", with_errors(score_frames(drone, estimate, [r.group.views[v] for r in seen])))
-        )
-    certain = PoseEstimate.concatenate(
-        [r.views.take(torch.tensor([r.group.present().index(r.chosen)])) for r in results]
-    )
+        if seen:
+            estimate = PoseEstimate.concatenate([r.view(v) for r in seen])
+            scores = score_frames(drone, estimate, [r.group.views[v] for r in seen])
+            rows.append((f"{camera} alone", with_errors(scores)))
+            series.append(
+                (rows[-1][0], np.array([r.group.stamp for r in seen]), scores.samples["translation_cm"])
+            )
+    certain = PoseEstimate.concatenate([r.view(r.chosen) for r in results])
     certain_scores = score_frames(drone, certain, [r.group.views[r.chosen] for r in results])
     rows.append(("most certain single view", with_errors(certain_scores)))
     truths = []
@@ -302,7 +315,34 @@ def _rows(
     metrics["fusion_ms_per_group"] = float(np.mean([r.fusion_ms for r in results]))
     count = len(frames.cameras)
     rows.append((f"fused, {count} camera{'s' if count > 1 else ''}", metrics))
-    return rows, fused_scores
+    stamps = np.array([r.group.stamp for r in results])
+    series.append((rows[-1][0], stamps, fused_scores.samples["translation_cm"]))
+    return rows, fused_scores, series
+
+
+def _plot_errors(path: Path, series: list[_Series]) -> Path:
+    """fusion.png: the position error of each camera alone and of the fusion against time."""
+    start = min(int(stamps[0]) for _, stamps, _ in series)
+    figure, axes = plt.subplots(figsize=(8, 4))
+    for label, stamps, errors in series:
+        fused = label.startswith("fused")
+        axes.plot(
+            (stamps - start) / 1e9,
+            errors,
+            marker=".",
+            label=label,
+            linewidth=2 if fused else 1,
+            zorder=3 if fused else 2,
+        )
+    axes.set_xlabel("time (s)")
+    axes.set_ylabel("position error (cm)")
+    axes.set_yscale("log")
+    axes.legend()
+    figure.tight_layout()
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    return path
 
 
 def _nees(results: list[_GroupResult], rig: BagRig) -> np.ndarray:

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -60,6 +61,7 @@ def test_the_fused_pose_of_every_group_is_close_to_the_ground_truth(rig_bag, fus
     assert fused["position_cm_median"] < 2.0
     assert fused["position_cm_median"] <= np.median(single)
     assert "| fused, 3 cameras |" in (fused_report / "fusion.md").read_text()
+    assert cv2.imread(str(fused_report / "fusion.png")) is not None
     assert json.loads((fused_report / "results.json").read_text())["metrics"]["count"] == 6
 
     frames = read_rows(fused_report / "frames.csv")
