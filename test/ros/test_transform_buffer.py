@@ -306,3 +306,19 @@ def test_concurrent_writers_and_readers():
     assert not failures, failures
     assert buffer.counters()["stored"] == 1 + writers * samples
     assert buffer.time_range("camera0") == (samples * S // 100 - S, samples * S // 100)
+
+
+def test_a_bags_tf_static_gives_the_extrinsics_eval_bag_fuses_with(rig_bag):
+    """rosbags-deserialized /tf_static messages feed the buffer as they are; a fusion node's lookups
+    (frame_id <- rig frame) equal the extrinsics drone-pose eval-bag reads from the same bag."""
+    from drone_pose.bags.frames import read_topics
+    from drone_pose.bags.rig_frames import read_rig_frames
+
+    read, _ = read_topics(rig_bag, ["/tf_static"])
+    buffer = TransformBuffer()
+    for message in read["/tf_static"]:
+        buffer.add_tf_message(message, static=True)
+    frames = read_rig_frames(rig_bag)
+    rig_frame, cam_from_rig = frames.tf_extrinsics()
+    for frame_id, expected in zip(frames.frame_ids, cam_from_rig, strict=True):
+        np.testing.assert_allclose(buffer.lookup(frame_id, rig_frame), expected, atol=1e-12)
