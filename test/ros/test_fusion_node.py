@@ -197,3 +197,72 @@ def test_a_camera_missing_from_the_rig_file_fails_configure(rig_flight):
             fusion.kill()
     assert fusion.returncode == 2, err
     assert "no camera 'camera9'" in err, err
+
+
+def test_a_replayed_flight_gives_the_offline_evaluations_poses_in_the_rig_frame(ros_node, rig_bag, tmp_path):
+    """`drone-pose replay` of a 3-camera bag into the fusion node (extrinsics from the bag's
+    /tf_static): one pose per group, in `world`, with the group's stamp, equal to the poses
+    `drone-pose eval-bag` computes offline from the same bag."""
+    import csv
+    import os
+
+    from drone_pose.evaluation.fused_bag_evaluation import evaluate_fused_bag
+    from drone_pose.ros.launch_plan import fastdds_profile
+
+    node, executor = ros_node
+    poses, transforms = [], []
+    node.create_subscription(PoseStamped, "/pose", poses.append, QoSProfile(depth=50))
+    node.create_subscription(TFMessage, TF_TOPIC, transforms.append, tf_qos())
+    fusion = start_fusion("cameras:=" + ",".join(CAMERAS), "drone_frame:=drone_fused")
+    try:
+        assert spin_until(
+            executor,
+            lambda: (
+                all(node.count_subscribers(f"/{c}/image_raw") > 0 for c in CAMERAS)
+                and node.count_publishers("/pose") > 0
+            ),
+            timeout_s=60.0,
+        ), "the fusion node did not come up"
+        replay = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "drone_pose.cli", "replay", str(rig_bag)),
+                *("--wait-for", "/camera2/image_raw", "--wait-timeout", "60", "--rate", "0.5"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": fastdds_profile()},
+        )
+        assert spin_until(executor, lambda: replay.poll() is not None, timeout_s=90.0), (
+            "replay did not finish"
+        )
+        _, err = replay.communicate(timeout=10)
+        assert replay.returncode == 0, err[-2000:]
+        spin_until(executor, lambda: False, timeout_s=3.0)  # the last group is fused and published
+    finally:
+        fusion.terminate()
+        fusion.wait(timeout=20)
+    offline = evaluate_fused_bag(rig_bag, None, tmp_path / "eval", device="cpu")
+    with open(offline["files"]["frames"], newline="") as handle:
+        rows = {int(row["stamp_ns"]): row for row in csv.DictReader(handle)}
+    assert len(rows) == 6
+    valid = {stamp for stamp, row in rows.items() if row["valid"] == "1"}
+    assert len(valid) >= 5, rows
+    received = {p.header.stamp.sec * 10**9 + p.header.stamp.nanosec: p for p in poses}
+    assert set(received) == valid  # a pose for every group that has one offline, none for the others
+    for stamp, pose in received.items():
+        row = rows[stamp]
+        assert pose.header.frame_id == "world"
+        position = np.array([pose.pose.position.x, pose.pose.position.y, pose.pose.position.z])
+        expected = np.array([float(row[k]) for k in ("tx", "ty", "tz")])
+        assert np.abs(position - expected).max() < 1e-6, (stamp, position, expected)
+        q = pose.pose.orientation
+        q_offline = np.array([float(row[k]) for k in ("qx", "qy", "qz", "qw")])
+        assert abs(abs(float(np.dot([q.x, q.y, q.z, q.w], q_offline))) - 1.0) < 1e-9, (stamp, q, q_offline)
+    sent = {
+        t.header.stamp.sec * 10**9 + t.header.stamp.nanosec
+        for m in transforms
+        for t in m.transforms
+        if t.child_frame_id == "drone_fused" and t.header.frame_id == "world"
+    }
+    assert sent == valid
