@@ -10,13 +10,27 @@ from drone_pose.cli.arguments import node_device_option, non_negative_float, pos
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.cameras > 1:
+        from drone_pose.ros.fusion_demo import run_fusion_demo
+
+        run_fusion_demo(
+            args.out,
+            drone=args.drone,
+            cameras=args.cameras,
+            seconds=args.seconds,
+            rate_hz=args.rate if args.rate is not None else 5.0,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            log=lambda line: print(line, flush=True),
+        )
+        return 0
     from drone_pose.ros.demo import run_demo
 
     run_demo(
         args.out,
         drone=args.drone,
         seconds=args.seconds,
-        rate_hz=args.rate,
+        rate_hz=args.rate if args.rate is not None else 15.0,
         checkpoint=args.checkpoint,
         device=args.device,
         log=lambda line: print(line, flush=True),
@@ -31,7 +45,16 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="demo_output", help="output folder")
     demo.add_argument("--drone", default="m2ed")
     demo.add_argument("--seconds", type=positive_float, default=10.0, help="flight length")
-    demo.add_argument("--rate", type=positive_float, default=15.0, help="camera frame rate, Hz")
+    demo.add_argument(
+        "--rate", type=positive_float, help="camera frame rate, Hz (default 15; 5 with several cameras)"
+    )
+    demo.add_argument(
+        "--cameras",
+        type=int,
+        choices=(1, 2, 3, 4),
+        default=1,
+        help="several: a rig's flight into the fusion node (extrinsics from /tf_static)",
+    )
     demo.add_argument("--checkpoint", help="default: the shipped checkpoint of --drone")
     demo.add_argument(
         "--device", type=node_device_option, default="cpu", help="the tracker's device (cpu, cuda, auto)"

@@ -86,7 +86,6 @@ def record_tracker(
 ) -> dict[str, Any]:
     """Tracker + replay processes over DDS; returns received poses by stamp, diagnostics and the
     recorded-bag path. The recorder and the scoring live in this process."""
-    environment = {**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": fastdds_profile()}
     tracker_command = [
         sys.executable, "-m", "drone_pose.ros.tracker_node", "--ros-args",
         "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info",
@@ -94,6 +93,26 @@ def record_tracker(
     ]  # fmt: skip
     if checkpoint:
         tracker_command += ["-p", f"checkpoint:={checkpoint}"]
+    return record_node(
+        bag, out, tracker_command, ["/camera/image_raw"], "drone_pose: tracker", timeout_s, log
+    )
+
+
+def record_node(
+    bag: Path,
+    out: Path,
+    node_command: list[str],
+    image_topics: list[str],
+    status_name: str,
+    timeout_s: float = 300.0,
+    log: Any = print,
+    recording: str = "tracker_output",
+) -> dict[str, Any]:
+    """A node process (`node_command`) fed by a replay process over DDS once it subscribes every
+    topic of `image_topics`; returns the received poses by stamp, the values of its diagnostics
+    status `status_name`, the replay's report and the path of the recording of RECORDED and /tf
+    (out/<recording>)."""
+    environment = {**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": fastdds_profile()}
     context = rclpy.Context()
     rclpy.init(context=context)
     node = Node("drone_pose_demo_recorder", context=context)
@@ -109,7 +128,7 @@ def record_tracker(
             poses[_stamp(msg.header)] = msg
         elif topic == "/diagnostics":
             for status in msg.status:
-                if status.name == "drone_pose: tracker":
+                if status.name == status_name:
                     diagnostics.append({kv.key: kv.value for kv in status.values})
 
     for topic, kind in RECORDED.items():
@@ -117,23 +136,26 @@ def record_tracker(
             kind, topic, lambda msg, topic=topic: keep(topic, msg), QoSProfile(depth=100)
         )
     node.create_subscription(TFMessage, "/tf", lambda msg: keep("/tf", msg), tf_qos())
-    tracker = subprocess.Popen(
-        tracker_command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    process = subprocess.Popen(
+        node_command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     replay = None
     try:
-        log("  starting the tracker node (model load and warm-up) ...")
+        log("  starting the node (model load and warm-up) ...")
         deadline = time.monotonic() + timeout_s
-        # poses are volatile: the recorder must know the tracker's publishers before the first frame
-        while node.count_subscribers("/camera/image_raw") == 0 or node.count_publishers("/pose") == 0:
-            if tracker.poll() is not None:
-                raise RuntimeError(f"the tracker exited: {tracker.stderr.read()[-3000:]}")
+        # poses are volatile: the recorder must know the node's publishers before the first frame
+        while (
+            any(node.count_subscribers(topic) == 0 for topic in image_topics)
+            or node.count_publishers("/pose") == 0
+        ):
+            if process.poll() is not None:
+                raise RuntimeError(f"the node exited: {process.stderr.read()[-3000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError("the tracker did not subscribe in time")
+                raise RuntimeError("the node did not subscribe in time")
             executor.spin_once(timeout_sec=0.05)
         log("  replaying the flight over DDS (drone-pose replay) ...")
         replay = subprocess.Popen(
-            [sys.executable, "-m", "drone_pose.cli", "replay", str(bag), "--wait-for", "/camera/image_raw"],
+            [sys.executable, "-m", "drone_pose.cli", "replay", str(bag), "--wait-for", image_topics[-1]],
             env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         while replay.poll() is None:
@@ -147,12 +169,12 @@ def record_tracker(
         while time.monotonic() < settle:
             executor.spin_once(timeout_sec=0.02)
     finally:
-        for process in (tracker, replay):
-            stop_process(process)
+        for started in (process, replay):
+            stop_process(started)
         executor.shutdown()
         node.destroy_node()
         context.try_shutdown()
-    recorded_bag = out / "tracker_output"
+    recorded_bag = out / recording
     _write_recording(recorded_bag, recorded)
     return {
         "poses": poses,

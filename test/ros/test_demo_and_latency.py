@@ -59,3 +59,47 @@ def test_latency_benchmark_prints_json(tmp_path):
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["max"]
     tracker = report["tracker"]
     assert tracker["frames_processed"] + tracker["frames_dropped"] == 30
+
+
+def test_fusion_demo_fuses_three_cameras_over_dds_as_eval_bag_does(tmp_path):
+    """`drone-pose demo --cameras 3`: the fusion node's poses over DDS are eval-bag's fused poses,
+    and the fusion beats every single camera on this flight."""
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "drone_pose.cli", "demo", "--cameras", "3", "--seconds", "2",
+            "--out", str(tmp_path / "demo"),
+        ],
+        capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fused, 3 cameras" in result.stdout
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["cameras"] == ["camera0", "camera1", "camera2"]
+    assert summary["over_dds"]["groups"] == 10
+    assert summary["over_dds"]["poses"] >= 8, summary["fusion_node"]
+    match = summary["agreement"]
+    assert match["frames"] == summary["over_dds"]["poses"]
+    assert match["only_over_dds"] == 0
+    assert match["max_translation_difference_mm"] < 0.01
+    rows = {row["label"]: row for row in summary["eval_bag_rows"]}
+    fused = rows["fused, 3 cameras"]
+    singles = [rows[f"camera{v} alone"] for v in range(3)]
+    assert fused["ADD2"] >= max(row["ADD2"] for row in singles), rows
+    assert summary["over_dds"]["position_error_cm"]["median"] < 1.0
+
+
+def test_fusion_benchmark_prints_json():
+    result = subprocess.run(
+        [sys.executable, "-m", "drone_pose.cli", "bench", "fusion", "--seconds", "3", "--rate", "4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report["groups_sent"] == 12
+    assert report["cameras"] == ["camera0", "camera1", "camera2"]
+    assert report["poses_received"] >= 8, report
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p95"] <= report["latency_ms"]["max"]
+    fusion = report["fusion"]
+    assert fusion["groups_processed"] + fusion["groups_dropped"] >= 12
+    assert 2.0 <= fusion["views_used_mean"] <= 3.0
+    assert fusion["resident_memory_mb_end"] > 0
