@@ -13,7 +13,6 @@ memory at the start and end of the run.
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from drone_pose.bags.flight_bag import FlightBagSpec, plan_flight, write_flight_
 from drone_pose.bags.frames import read_frames
 from drone_pose.fusion.rig_file import Rig, invert_rigid, save_rig_file
 from drone_pose.ros.image_conversions import numpy_to_image
-from drone_pose.ros.latency_benchmark import TREND_WINDOW_S, resident_memory_mb, spin_for
+from drone_pose.ros.latency_benchmark import latency_figures, machine, resident_memory_mb, spin_for
 from drone_pose.ros.launch_plan import fastdds_profile
 from drone_pose.ros.launcher import stop_process
 from drone_pose.ros.qos import sensor_data_qos
@@ -225,13 +224,6 @@ def _report(
     memory_start: float | None,
     memory_end: float | None,
 ) -> dict[str, Any]:
-    matched = sorted((stamp, received[stamp] - sent[stamp]) for stamp in received if stamp in sent)
-    latencies_ms = np.array([1e3 * latency for _, latency in matched])
-    offsets = np.array([sent[stamp] - started for stamp, _ in matched])
-
-    def percentile(q: float, values: np.ndarray = latencies_ms) -> float | None:
-        return round(float(np.percentile(values, q)), 2) if values.size else None
-
     final = diagnostics[-1] if diagnostics else {}
     fused = final.get("drone_pose: fusion", {})
     cameras = {
@@ -246,28 +238,14 @@ def _report(
     ]
     return {
         "benchmark": "fusion_latency",
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "device": device,
         "checkpoint": checkpoint or "(shipped default)",
         "cameras": list(cameras),
         "rate_hz": rate_hz,
         "seconds": seconds,
         "groups_sent": len(sent),
-        "poses_received": len(matched),
-        "pose_fraction": round(len(matched) / max(len(sent), 1), 4),
-        "latency_ms": {
-            "p50": percentile(50),
-            "p90": percentile(90),
-            "p95": percentile(95),
-            "p99": percentile(99),
-            "max": round(float(latencies_ms.max()), 2) if latencies_ms.size else None,
-        },
-        "latency_p50_first_10s_ms": percentile(50, latencies_ms[offsets < TREND_WINDOW_S]),
-        "latency_p50_last_10s_ms": percentile(50, latencies_ms[offsets > seconds - TREND_WINDOW_S]),
+        **latency_figures(sent, received, started, seconds),
         "fusion": {
             "groups_processed": int(fused.get("groups_processed", 0)),
             "groups_dropped": int(fused.get("groups_dropped", 0)),

@@ -176,6 +176,39 @@ def spin_for(executor: SingleThreadedExecutor, seconds: float) -> None:
         executor.spin_once(timeout_sec=0.01)
 
 
+def latency_figures(
+    sent: dict[int, float], received: dict[int, float], started: float, seconds: float
+) -> dict[str, Any]:
+    """Poses matched to what was sent by stamp (ns -> wall time s of publication and receipt):
+    their count, latency percentiles (ms) and the median latency of the first and last
+    TREND_WINDOW_S of a run of `seconds` started at wall time `started`."""
+    matched = sorted((stamp, received[stamp] - sent[stamp]) for stamp in received if stamp in sent)
+    latencies_ms = np.array([1e3 * latency for _, latency in matched])
+    offsets = np.array([sent[stamp] - started for stamp, _ in matched])
+
+    def percentile(q: float, values: np.ndarray = latencies_ms) -> float | None:
+        return round(float(np.percentile(values, q)), 2) if values.size else None
+
+    return {
+        "poses_received": len(matched),
+        "pose_fraction": round(len(matched) / max(len(sent), 1), 4),
+        "latency_ms": {
+            "p50": percentile(50),
+            "p90": percentile(90),
+            "p95": percentile(95),
+            "p99": percentile(99),
+            "max": round(float(latencies_ms.max()), 2) if latencies_ms.size else None,
+        },
+        "latency_p50_first_10s_ms": percentile(50, latencies_ms[offsets < TREND_WINDOW_S]),
+        "latency_p50_last_10s_ms": percentile(50, latencies_ms[offsets > seconds - TREND_WINDOW_S]),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """The machine a benchmark ran on."""
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()}
+
+
 def _report(
     sent: dict[int, float],
     received: dict[int, float],
@@ -188,39 +221,16 @@ def _report(
     memory_start: float | None,
     memory_end: float | None,
 ) -> dict[str, Any]:
-    matched = sorted((stamp, received[stamp] - sent[stamp]) for stamp in received if stamp in sent)
-    latencies_ms = np.array([1e3 * latency for _, latency in matched])
-    offsets = np.array([sent[stamp] - started for stamp, _ in matched])
-
-    def percentile(q: float, values: np.ndarray = latencies_ms) -> float | None:
-        return round(float(np.percentile(values, q)), 2) if values.size else None
-
-    first = latencies_ms[offsets < TREND_WINDOW_S]
-    last = latencies_ms[offsets > seconds - TREND_WINDOW_S]
     final = diagnostics[-1] if diagnostics else {}
     return {
         "benchmark": "tracker_latency",
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "device": device,
         "checkpoint": checkpoint or "(shipped default)",
         "rate_hz": rate_hz,
         "seconds": seconds,
         "frames_sent": len(sent),
-        "poses_received": len(matched),
-        "pose_fraction": round(len(matched) / max(len(sent), 1), 4),
-        "latency_ms": {
-            "p50": percentile(50),
-            "p90": percentile(90),
-            "p95": percentile(95),
-            "p99": percentile(99),
-            "max": round(float(latencies_ms.max()), 2) if latencies_ms.size else None,
-        },
-        "latency_p50_first_10s_ms": percentile(50, first),
-        "latency_p50_last_10s_ms": percentile(50, last),
+        **latency_figures(sent, received, started, seconds),
         "tracker": {
             "frames_processed": int(final.get("frames_processed", 0)),
             "frames_dropped": int(final.get("frames_dropped", 0)),
