@@ -15,7 +15,7 @@ from torch import Tensor
 from drone_pose.fusion.rig import camera_poses, rig_poses, split_extrinsics, step_map, validate_extrinsics
 from drone_pose.geometry.camera import validate_intrinsics
 from drone_pose.pnp.epnp import epnp_start
-from drone_pose.pnp.projection import MIN_POINTS, cost_derivatives, residuals_and_jacobian
+from drone_pose.pnp.projection import MIN_POINTS, camera_cost_derivatives, residuals_and_jacobian
 from drone_pose.pnp.result import PnPResult, PnPStatus
 from drone_pose.pnp.solver import (
     COMPUTE_DTYPE,
@@ -107,20 +107,15 @@ def multiview_cost_derivatives(
     [B,6,6] (None unless exact), depths [B,V*N] in their cameras and the rig-step Jacobian
     [B,V*2N,6] of the weighted residuals.
     """
-    batch, views, count = x2d.shape[:3]
-    R_cam, t_cam = camera_poses(R, t, cam_R, cam_t)
-    cost, gradient, gauss_newton, hessian, depth, J = cost_derivatives(
-        *_flatten_views(x2d, x3d, K, weights, R_cam, t_cam), huber, exact
-    )
-    A = step_map(cam_R.reshape(batch * views, 3, 3))
-    A_t = A.transpose(-1, -2)
-    cost = cost.view(batch, views).sum(1)
-    gradient = (A_t @ gradient.unsqueeze(-1)).view(batch, views, 6).sum(1)
-    gauss_newton = (A_t @ gauss_newton @ A).view(batch, views, 6, 6).sum(1)
-    if hessian is not None:
-        hessian = (A_t @ hessian @ A).view(batch, views, 6, 6).sum(1)
-    J = (J @ A).view(batch, views * 2 * count, 6)
-    return cost, gradient, gauss_newton, hessian, depth.view(batch, views * count), J
+    M, m = camera_matrices(K, cam_R, cam_t)
+    return camera_cost_derivatives(x2d, x3d, M, weights, m, R, t, huber, exact)
+
+
+def camera_matrices(K: Tensor, cam_R: Tensor, cam_t: Tensor) -> tuple[Tensor, Tensor]:
+    """M = K R_v [B,V,3,3] and m = K t_v [B,V,3] of `camera_cost_derivatives`: the projections of
+    rig-frame points by cameras with intrinsics K [B,V,3,3] and extrinsics cam_R [B,V,3,3], cam_t
+    [B,V,3] (cam_from_rig)."""
+    return K @ cam_R, (K @ cam_t.unsqueeze(-1)).squeeze(-1)
 
 
 def multiview_residuals_and_jacobian(
@@ -273,18 +268,19 @@ def multiview_pnp(
             starts_t.append(init_t)
         hypotheses = len(starts_R)
         tile = lambda v: v.repeat(hypotheses, *([1] * (v.ndim - 1))) if hypotheses > 1 else v  # noqa: E731
+        M, m = camera_matrices(K, cam_R, cam_t)
         R, t, cost, H, done, depth, iterations = levenberg_marquardt(
             tile(x2d),
             tile(x3d),
-            tile(K),
+            tile(M),
             tile(weights),
             torch.cat(starts_R),
             torch.cat(starts_t),
             huber,
             max_iterations,
             tolerance,
-            derivatives=multiview_cost_derivatives,
-            extra_inputs=(tile(cam_R), tile(cam_t)),
+            derivatives=camera_cost_derivatives,
+            extra_inputs=(tile(m),),
         )
         used_flat = used.reshape(batch, views * count)
         if hypotheses > 1:

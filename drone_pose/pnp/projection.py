@@ -148,49 +148,83 @@ def cost_derivatives(
     residual-weighted second derivatives of the projection; None otherwise), depths z [B,N] and the
     weighted residual Jacobian J [B,2N,6] (rows u0, v0, u1, ...).
     """
-    batch, count = x2d.shape[:2]
-    rotated, p, uv = project_with_depth(x3d, K, R, t)
-    z = p[..., 2:3]
-    e3 = K.new_tensor([0.0, 0.0, 1.0])
-    # d(u, v)/dp = (K rows 0, 1 - (u, v) e3) / z, per point: [B,N,2,3]
-    d_uv_dp = (K[:, None, :2, :] - uv.unsqueeze(-1) * e3) / z.unsqueeze(-1)
-    d_uv_dw = torch.linalg.cross(rotated.unsqueeze(-2).expand_as(d_uv_dp), d_uv_dp, dim=-1)
-    J = (weights.unsqueeze(-1) * torch.cat((d_uv_dp, d_uv_dw), dim=-1)).reshape(batch, 2 * count, 6)
-    r = weights * (uv - x2d)
-    r_flat = r.reshape(batch, 2 * count, 1)
+    return camera_cost_derivatives(
+        x2d.unsqueeze(1), x3d, K.unsqueeze(1), weights.unsqueeze(1), None, R, t, huber, exact
+    )
+
+
+def camera_cost_derivatives(
+    x2d: Tensor,
+    x3d: Tensor,
+    M: Tensor,
+    weights: Tensor,
+    m: Tensor | None,
+    R: Tensor,
+    t: Tensor,
+    huber: float | None,
+    exact: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """`cost_derivatives` of the keypoints x2d [B,V,N,2] (weights [B,V,N,2]) that V cameras see of
+    the model x3d [B,N,3] at the pose (R [B,3,3], t [B,3]), w.r.t. the step (dt, dw) of that pose.
+
+    Camera v projects a point p of the pose's frame to pixels by (u w, v w, w) = M_v p + m_v with
+    M [B,V,3,3] = K_v R_v and m [B,V,3] = K_v t_v (None: 0) for a camera with intrinsics K_v and
+    pose (R_v, t_v) w.r.t. that frame; w is the depth in camera v. Returns cost [B], gradient
+    [B,6], Gauss-Newton and exact Hessians [B,6,6] (None unless exact), depths [B,V*N] and the
+    Jacobian [B,2VN,6] of the weighted residuals (rows view-major, then u, v per point).
+
+    With k_i the rows of M_v, du/dp = (k0 - u k2) / w and likewise for v; dp/d(dt, dw) = [I, -[a]x]
+    with a = R X, so the rotation columns are a x (du/dp). The exact Hessian adds the Huber
+    curvature and the residual-weighted second derivatives: -(q m^T + m q^T) with q = (k2, a x k2) / w
+    from d^2u/dp^2 = -(k2 du/dp^T + du/dp k2^T) / w, and sym(a d^T) - (a.d) I from d^2p/dw^2.
+    """
+    batch, views, count = x2d.shape[:3]
+    points = views * count
+    rotated = x3d @ R.transpose(-1, -2)  # [B,N,3]
+    uvw = (rotated + t.unsqueeze(1)).unsqueeze(1) @ M.transpose(-1, -2)  # [B,V,N,3]
+    if m is not None:
+        uvw = uvw + m.unsqueeze(2)
+    inv_w = 1.0 / uvw[..., 2:3]
+    uv = uvw[..., :2] * inv_w
+    rows = M.unsqueeze(2)  # [B,V,1,3,3]
+    depth_row = rows[..., 2:3, :]
+    d_uv_dp = (rows[..., :2, :] - uv.unsqueeze(-1) * depth_row) * inv_w.unsqueeze(-1)  # [B,V,N,2,3]
+    a = rotated[:, None, :, None, :]  # [B,1,N,1,3]
+    J_points = weights.unsqueeze(-1) * torch.cat((d_uv_dp, torch.linalg.cross(a, d_uv_dp, dim=-1)), -1)
+    J = J_points.view(batch, 2 * points, 6)
+    r = weights * (uv - x2d)  # [B,V,N,2]
+    r_flat = r.reshape(batch, 2 * points, 1)
     if huber is None:  # rho(s) = s: no per-point norms needed
-        cost = 0.5 * r_flat.squeeze(-1).square().sum(-1)
+        cost = 0.5 * r_flat.square().sum((1, 2))
         Jw = J
     else:
-        squared = r[..., 0] * r[..., 0] + r[..., 1] * r[..., 1]
+        squared = r.square().sum(-1)  # [B,V,N]
         rho, irls = huber_weights(squared, huber)
-        cost = 0.5 * rho.sum(-1)
-        Jw = J * irls.repeat_interleave(2, dim=1).unsqueeze(-1)
+        cost = 0.5 * rho.sum((1, 2))
+        Jw = (J_points * irls[..., None, None]).view(batch, 2 * points, 6)
     Jw_t = Jw.transpose(1, 2)
     gradient = (Jw_t @ r_flat).squeeze(-1)
     gauss_newton = Jw_t @ J
     hessian = None
     if exact:
-        # Elementwise over the two image coordinates: far cheaper than tiny per-point matmuls.
-        J_points = J.view(batch, count, 2, 6)
-        Jr = J_points[:, :, 0] * r[..., 0:1] + J_points[:, :, 1] * r[..., 1:2]  # [B,N,6] per-point J^T r
+        Jr = (J_points * r.unsqueeze(-1)).sum(-2)  # [B,V,N,6] per-point J^T r
         hessian = gauss_newton
+        # lambda_c = rho' w_c r_c per coordinate weighs the projection's second derivatives
+        lam = weights * r if huber is None else irls.unsqueeze(-1) * weights * r
         if huber is not None:
             curvature = huber_second_derivative(squared, huber).unsqueeze(-1)
-            hessian = hessian + 2.0 * (curvature * Jr).transpose(1, 2) @ Jr
-        # Second derivatives of the projection weighted by lambda_c = rho' w_c r_c per coordinate.
-        lam = weights * r if huber is None else irls.unsqueeze(-1) * weights * r  # [B,N,2]
-        m = Jr if huber is None else irls.unsqueeze(-1) * Jr  # [B,N,6]
-        d = lam[..., 0:1] * d_uv_dp[:, :, 0] + lam[..., 1:2] * d_uv_dp[:, :, 1]  # [B,N,3]
-        # d(dp/dw)/d(dt, dw) couples rows 2 (1/z), 3 (y/z) and 4 (-x/z) of the pose step.
-        inv_z = 1.0 / z
-        q = torch.cat((inv_z, rotated[..., 1:2] * inv_z, -rotated[..., 0:1] * inv_z), dim=-1)  # [B,N,3]
-        outer = torch.nn.functional.pad(q.transpose(1, 2) @ m, (0, 0, 2, 1))  # [B,6,6]
-        ad = rotated.transpose(1, 2) @ d
+            Jr_flat = Jr.view(batch, points, 6)
+            hessian = hessian + 2.0 * (curvature.view(batch, points, 1) * Jr_flat).transpose(1, 2) @ Jr_flat
+            Jr = irls.unsqueeze(-1) * Jr
+        d = (lam.unsqueeze(-1) * d_uv_dp).sum(-2)  # [B,V,N,3]
+        k2 = depth_row.squeeze(-2)  # [B,V,1,3]
+        q = torch.cat((k2.expand(batch, views, count, 3), torch.linalg.cross(a.squeeze(-2), k2, dim=-1)), -1)
+        outer = (q * inv_w).view(batch, points, 6).transpose(1, 2) @ Jr.view(batch, points, 6)
+        ad = rotated.transpose(1, 2) @ d.sum(1)  # [B,3,3]: d summed over views, a shared by them
         trace = ad.diagonal(dim1=-2, dim2=-1).sum(-1)
-        eye = torch.eye(3, dtype=K.dtype, device=K.device)
+        eye = torch.eye(3, dtype=M.dtype, device=M.device)
         rotation_block = 0.5 * (ad + ad.transpose(-1, -2)) - trace[:, None, None] * eye
         hessian = (
             hessian - outer - outer.transpose(-1, -2) + torch.nn.functional.pad(rotation_block, (3, 0, 3, 0))
         )
-    return cost, gradient, gauss_newton, hessian, p[..., 2], J
+    return cost, gradient, gauss_newton, hessian, uvw[..., 2].reshape(batch, points), J

@@ -134,52 +134,45 @@ def levenberg_marquardt(
     damping = torch.full((batch,), 1e-6, dtype=x2d.dtype, device=x2d.device)
     last_step = torch.zeros_like(damping)  # relative size of the last accepted Newton step (0: none)
     done_all = torch.zeros(batch, dtype=torch.bool, device=x2d.device)
-    done = ~torch.isfinite(state[:, 12])
+    done = ~torch.isfinite(state[:, 12])  # the cost of every sample left in the working set is finite
     iterations = 0
     for iterations in range(1, max_iterations + 1):
         R, t, cost, gradient, gauss_newton, exact, _ = unpack(state)
         H, positive = _newton_hessian(exact)
-        system = H + torch.diag_embed(
-            damping[:, None] * gauss_newton.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)
-        )
-        step = -torch.linalg.solve_ex(system, gradient.unsqueeze(-1))[0].squeeze(-1)
+        marquardt = damping[:, None] * gauss_newton.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)
+        step = -torch.linalg.solve_ex(H + torch.diag_embed(marquardt), gradient)[0]
         # A nearly undamped step below tolerance: the current pose is the optimum already.
-        scale = t.norm(dim=-1) + 1.0
-        step_norm = step.norm(dim=-1)
-        small_step = step_norm <= tolerance * scale
+        relative_step = step.norm(dim=-1) / (t.norm(dim=-1) + 1.0)
+        small_step = relative_step <= tolerance
         done = done | (small_step & (damping <= 1e-2))
         step = torch.where(done.unsqueeze(-1) | ~torch.isfinite(step), 0.0, step)
         R_new, t_new = apply_update(R, t, step)
         candidate = pack(R_new, t_new, derivatives(*inputs, R_new, t_new, huber, True))
-        cost_new = candidate[:, 12]
-        # Near the optimum a Newton step changes the cost by less than its rounding: allow that slack.
-        accept = (cost_new <= cost + 1e-12 * cost.abs()) & torch.isfinite(cost_new) & ~done
+        # Near the optimum a Newton step changes the cost by less than its rounding: allow that slack
+        # (costs are >= 0; a NaN or infinite candidate cost compares False).
+        accept = (candidate[:, 12] <= cost * (1.0 + 1e-12)) & ~done
         state = torch.where(accept[:, None], candidate, state)
         # After an accepted exact-Newton step of relative size s with damping lambda, the error left
         # is about lambda s (the damped step falls short by that fraction) + C s^2 (quadratic
-        # convergence), with the rate C ~ s / s_prev^2 over two such steps in a row (else C = 1).
-        # Done without another iteration to confirm it when that is below tolerance.
+        # convergence), with the rate C ~ s / s_prev^2 over two such steps in a row (else C = 1,
+        # which the clamp gives where s_prev = 0). Done without another iteration to confirm it
+        # when that is below tolerance.
         newton = accept & positive & (damping <= 1e-3)
-        relative_step = step_norm / scale
-        quadratic = relative_step.square() * torch.where(
-            last_step > 0, (relative_step / last_step.square().clamp_min(1e-300)).clamp_max(1.0), 1.0
-        )
-        newton_converged = newton & (damping * relative_step + quadratic <= tolerance)
+        rate = (relative_step / last_step.square().clamp_min(1e-300)).clamp_max(1.0)
+        newton_converged = newton & (damping * relative_step + relative_step.square() * rate <= tolerance)
         done = done | (small_step & accept) | newton_converged | (damping >= 1e12)
-        rejected_damping = (damping * 10.0).clamp_min(1e-2)
-        damping = torch.where(accept, damping * 0.1, rejected_damping).clamp(1e-15, 1e12)
-        last_step = torch.where(newton, relative_step, torch.zeros_like(relative_step))
+        damping = torch.where(accept, damping * 0.1, (damping * 10.0).clamp_min(1e-2)).clamp(1e-15, 1e12)
+        last_step = torch.where(newton, relative_step, 0.0)
         finished = int(done.sum())
         # Compact once a quarter of the working set is finished: fewer ops per iteration than every time.
         if 4 * finished >= done.numel() or iterations == max_iterations:
-            if iterations == max_iterations:
+            if iterations == max_iterations or finished == done.numel():
                 result[index] = state
-            else:
-                result[index[done]] = state[done]
+                done_all[index[done]] = True
+                break
+            result[index[done]] = state[done]
             done_all[index[done]] = True
             keep = ~done
-            if not bool(keep.any()):
-                break
             index, damping, done, state = index[keep], damping[keep], done[keep], state[keep]
             last_step = last_step[keep]
             inputs = [v[keep] for v in inputs]
