@@ -30,6 +30,7 @@ from drone_pose.inference.estimator import (
     position_std,
 )
 from drone_pose.pnp.result import PnPResult
+from drone_pose.pnp.solver import serial_when_small
 
 # single-view verdicts whose keypoints still take part in the fusion: a pose that is valid, or
 # valid but for its (depth) uncertainty, which is exactly what other views resolve
@@ -113,6 +114,13 @@ class FusedEstimator:
         """Fused poses of B groups from the single-view estimates of their B*V images (image
         b*V + v), K [B,V,3,3] and cam_from_rig [B,V,4,4]."""
         start = time.perf_counter()
+        with serial_when_small(views.keypoints):
+            fused = self._fuse(views, K, cam_from_rig)
+        fused.timings_ms["fusion"] = (time.perf_counter() - start) * 1e3
+        return fused
+
+    def _fuse(self, views: PoseEstimate, K: Tensor, cam_from_rig: Tensor) -> FusedEstimate:
+        """`fuse` without its timing."""
         thresholds = self.estimator.thresholds
         problem = _FusionProblem.of(views, K.double(), cam_from_rig.double(), self.estimator)
         groups, cameras = problem.K.shape[:2]
@@ -148,7 +156,6 @@ class FusedEstimator:
             gated=gated,
             view_distances=distances,
             views=views,
-            timings_ms={"fusion": (time.perf_counter() - start) * 1e3},
         )
 
     def _leave_one_out_outlier(self, problem: _FusionProblem, taking_part: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ from drone_pose.pnp.solver import (
     final_result,
     init_start,
     levenberg_marquardt,
+    serial_when_small,
 )
 
 
@@ -236,7 +237,7 @@ def multiview_pnp(
     input_dtype = x2d.dtype
     if tolerance is None:
         tolerance = 1e-10 if input_dtype == torch.float64 else 1e-8
-    with torch.inference_mode():
+    with torch.inference_mode(), serial_when_small(x2d):
         x2d, x3d, K, cam_from_rig, weights = (
             v.to(COMPUTE_DTYPE) for v in broadcast_multiview(x2d, x3d, K, cam_from_rig, weights)
         )

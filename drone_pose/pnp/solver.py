@@ -7,7 +7,8 @@ objects are ill-conditioned) and results are returned in the input dtype.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -17,6 +18,30 @@ from drone_pose.pnp.projection import MIN_POINTS, apply_update, broadcast_inputs
 from drone_pose.pnp.result import PnPResult, PnPStatus
 
 COMPUTE_DTYPE = torch.float64
+# CPU problems with at most this many keypoints (all samples together) run on one thread
+SERIAL_MAX_POINTS = 4096
+
+
+@contextlib.contextmanager
+def serial_when_small(x2d: Tensor) -> Iterator[None]:
+    """Run the enclosed ops of a small CPU problem (keypoints x2d [..., 2], at most SERIAL_MAX_POINTS)
+    on the calling thread alone.
+
+    The solvers' tensors are tiny, yet batched matmuls and LAPACK calls split them over the
+    intra-op threads: on a machine whose cores are busy with other work (the network, other
+    nodes) such an op then waits for a descheduled thread, and a sub-millisecond solve takes tens
+    of milliseconds. With the OpenMP backend the thread count set here is the calling thread's
+    own, and it is restored on exit.
+    """
+    threads = torch.get_num_threads()
+    if x2d.device.type != "cpu" or threads == 1 or x2d.numel() > 2 * SERIAL_MAX_POINTS:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _safe_problem(count: int, K: Tensor) -> tuple[Tensor, Tensor]:
@@ -217,7 +242,10 @@ def solve_pnp(
     if tolerance is None:
         tolerance = 1e-10 if input_dtype == torch.float64 else 1e-8
     shared_model = x3d.ndim == 2 or x3d.shape[0] == 1 or x3d.stride(0) == 0
-    with torch.inference_mode():  # cheaper dispatch than no_grad; outputs are cloned out below
+    with (
+        torch.inference_mode(),
+        serial_when_small(x2d),
+    ):
         x2d, x3d, K, weights = broadcast_inputs(x2d, x3d, K, weights)
         x2d, K, weights = (v.to(COMPUTE_DTYPE) for v in (x2d, K, weights))
         # converted before broadcasting, so that a shared model stays one [N,3] block (stride 0)

@@ -222,3 +222,21 @@ def test_newton_hessian_shifts_indefinite_and_skips_non_finite_samples():
     torch.testing.assert_close(shifted[0], H[0])
     assert torch.linalg.eigvalsh(shifted[2]).min() > 0, "a descent direction"
     assert shifted[2, 0, 0] == pytest.approx(1.0, rel=1e-6), "shifted by 1.5 x the negative eigenvalue"
+
+
+def test_small_cpu_problems_run_on_one_thread_and_restore_the_thread_count():
+    from drone_pose.pnp.solver import SERIAL_MAX_POINTS, serial_when_small
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with serial_when_small(torch.zeros(4, 9, 2)):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with serial_when_small(torch.zeros(SERIAL_MAX_POINTS + 1, 2)):
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), serial_when_small(torch.zeros(4, 9, 2)):
+            raise RuntimeError("restored on errors too")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
