@@ -41,16 +41,19 @@ def broadcast_inputs(
 
 
 # skew(w).flatten(-2) = _SKEW @ w
-_SKEW = (
-    (0.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0),
-    (0.0, 0.0, 1.0), (0.0, 0.0, 0.0), (-1.0, 0.0, 0.0),
-    (0.0, -1.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 0.0),
-)  # fmt: skip
+_SKEW = torch.tensor(
+    [
+        (0.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0),
+        (0.0, 0.0, 1.0), (0.0, 0.0, 0.0), (-1.0, 0.0, 0.0),
+        (0.0, -1.0, 0.0), (1.0, 0.0, 0.0), (0.0, 0.0, 0.0),
+    ],
+    dtype=torch.float64,
+).T  # fmt: skip
 
 
 def skew(w: Tensor) -> Tensor:
     """Cross-product matrices [..., 3, 3] of vectors w [..., 3]: skew(w) v = w x v."""
-    return (w @ w.new_tensor(_SKEW).T).reshape(*w.shape, 3)
+    return (w @ _SKEW.to(w)).view(*w.shape, 3)
 
 
 def rotvec_to_matrix(w: Tensor) -> Tensor:
@@ -60,11 +63,10 @@ def rotvec_to_matrix(w: Tensor) -> Tensor:
     torch.sinc, exact and differentiable at zero. Written out rather than roma.rotvec_to_rotmat: it
     runs in every solver iteration, where roma's general version costs more on small CPU batches.
     """
-    theta = ((w * w).sum(-1) + torch.finfo(w.dtype).tiny).sqrt()[:, None, None]
+    theta = (w.square().sum(-1) + torch.finfo(w.dtype).tiny).sqrt().view(-1, 1, 1) / torch.pi
     W = skew(w)
-    a = torch.sinc(theta / torch.pi)
-    b = 0.5 * torch.sinc(theta / (2.0 * torch.pi)) ** 2
-    return torch.eye(3, dtype=w.dtype, device=w.device) + a * W + b * (W @ W)
+    b = torch.sinc(0.5 * theta).square() * 0.5
+    return torch.baddbmm(torch.sinc(theta) * W + torch.eye(3, dtype=w.dtype, device=w.device), b * W, W)
 
 
 def apply_update(R: Tensor, t: Tensor, delta: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,9 +115,8 @@ def huber_weights(squared_norms: Tensor, delta: float | None) -> tuple[Tensor, T
     if delta is None:
         return squared_norms, torch.ones_like(squared_norms)
     norms = squared_norms.clamp_min(torch.finfo(squared_norms.dtype).tiny).sqrt()
-    inlier = norms <= delta
-    rho = torch.where(inlier, squared_norms, 2.0 * delta * norms - delta * delta)
-    return rho, torch.where(inlier, torch.ones_like(norms), delta / norms)
+    rho = torch.where(norms <= delta, squared_norms, (2.0 * delta) * norms - delta * delta)
+    return rho, (delta / norms).clamp_max(1.0)  # delta / norms >= 1 exactly where norms <= delta
 
 
 def robust_cost(r: Tensor, delta: float | None) -> Tensor:
@@ -128,7 +129,8 @@ def huber_second_derivative(squared_norms: Tensor, delta: float | None) -> Tenso
     if delta is None:
         return torch.zeros_like(squared_norms)
     s = squared_norms.clamp_min(torch.finfo(squared_norms.dtype).tiny)
-    return torch.where(s.sqrt() <= delta, torch.zeros_like(s), -0.5 * delta / (s * s.sqrt()))
+    root = s.sqrt()
+    return torch.where(root <= delta, 0.0, (-0.5 * delta) / (s * root))
 
 
 def cost_derivatives(
