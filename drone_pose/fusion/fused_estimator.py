@@ -8,6 +8,7 @@ usable single-view result, started from those views' own poses, and view gating
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -127,17 +128,26 @@ class FusedEstimator:
         taking_part = torch.tensor([r in TAKING_PART for r in views.reasons]).view(groups, cameras)
         available = taking_part.clone()
         gated = torch.zeros(groups, cameras, dtype=torch.bool)
+        result, covariance = problem.solve(taking_part)
+        distances = problem.distances(result, covariance)
+        # Each group is judged on its own: only groups where a view disagrees with the fused pose get
+        # the leave-one-out solves, and only groups that lose a view are solved again.
+        pending = torch.arange(groups)
         for _ in range(cameras):
-            result, covariance = problem.solve(taking_part)
-            distances = problem.distances(result, covariance)
-            if bool(worst_outlier(distances, taking_part, self.gate_mahalanobis).lt(0).all()):
-                break  # every view agrees with the fused pose
-            drop = self._leave_one_out_outlier(problem, taking_part)
-            dropping = torch.nonzero(drop >= 0).squeeze(1)
-            if dropping.numel() == 0:
+            outlier = worst_outlier(distances[pending], taking_part[pending], self.gate_mahalanobis)
+            pending = pending[outlier >= 0]
+            if pending.numel() == 0:
+                break  # every view agrees with its fused pose
+            drop = self._leave_one_out_outlier(problem, taking_part, pending)
+            pending, drop = pending[drop >= 0], drop[drop >= 0]
+            if pending.numel() == 0:
                 break
-            gated[dropping, drop[dropping]] = True
-            taking_part[dropping, drop[dropping]] = False
+            gated[pending, drop] = True
+            taking_part[pending, drop] = False
+            again, again_covariance = problem.solve(taking_part[pending], pending)
+            result = _with_rows(result, pending, again)
+            covariance = covariance.index_put((pending,), again_covariance)
+            distances = distances.index_put((pending,), problem.distances(again, again_covariance, pending))
         distances = torch.where(available, distances, torch.full_like(distances, math.nan))
         confident = (problem.confidences >= thresholds.min_keypoint_confidence) & taking_part.unsqueeze(-1)
         rms = _fused_rms(problem, result.R, result.t, confident)
@@ -158,21 +168,34 @@ class FusedEstimator:
             views=views,
         )
 
-    def _leave_one_out_outlier(self, problem: _FusionProblem, taking_part: Tensor) -> Tensor:
-        """The view [B] to gate next (-1: none). Each view taking part is compared with the pose the
-        other views give without it, so that an outlier cannot drag the pose it is judged against;
-        the largest distance beyond the threshold goes. Two views that disagree are symmetric:
-        there the one with the larger single-view position variance goes."""
-        groups, cameras = taking_part.shape
-        rows = torch.arange(groups).repeat_interleave(cameras)
-        without = taking_part[rows].clone()
-        without[torch.arange(len(rows)), torch.arange(cameras).repeat(groups)] = False
+    def _leave_one_out_outlier(self, problem: _FusionProblem, taking_part: Tensor, judged: Tensor) -> Tensor:
+        """The view [b] to gate next (-1: none) in the groups `judged` [b]. Each view taking part is
+        compared with the pose the other views give without it, so that an outlier cannot drag the
+        pose it is judged against; the largest distance beyond the threshold goes. Two views that
+        disagree are symmetric: there the one with the larger single-view position variance goes."""
+        cameras = taking_part.shape[1]
+        count = judged.numel()
+        rows = judged.repeat_interleave(cameras)
+        without = taking_part[rows]
+        without[torch.arange(len(rows)), torch.arange(cameras).repeat(count)] = False
         result, covariance = problem.solve(without, rows)
-        own = problem.distances(result, covariance, rows).view(groups, cameras, cameras)
+        own = problem.distances(result, covariance, rows).view(count, cameras, cameras)
         own = own.diagonal(dim1=-2, dim2=-1)  # view v against the pose without v
-        variance = problem.covariance_views[..., :3, :3].diagonal(dim1=-2, dim2=-1).sum(-1)
+        variance = problem.covariance_views[judged, :, :3, :3].diagonal(dim1=-2, dim2=-1).sum(-1)
         tie_breaker = 1e-6 * variance / variance.nan_to_num(0.0).amax(1, keepdim=True).clamp_min(1e-300)
-        return worst_outlier(own + tie_breaker.nan_to_num(0.0), taking_part, self.gate_mahalanobis)
+        return worst_outlier(own + tie_breaker.nan_to_num(0.0), taking_part[judged], self.gate_mahalanobis)
+
+
+def _with_rows(result: PnPResult, rows: Tensor, update: PnPResult) -> PnPResult:
+    """`result` [B] with its samples `rows` [b] replaced by those of `update` [b]."""
+    return dataclasses.replace(
+        result,
+        **{
+            name: getattr(result, name).index_put((rows,), getattr(update, name))
+            for name in ("R", "t", "cost", "converged", "status", "covariance")
+        },
+        iterations=max(result.iterations, update.iterations),
+    )
 
 
 @dataclass(frozen=True)

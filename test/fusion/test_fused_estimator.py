@@ -141,3 +141,28 @@ def test_a_group_without_a_usable_view_says_so(fused_estimator):
     assert not bool(fused.valid.any())
     assert bool(torch.isfinite(fused.R).all() & torch.isfinite(fused.t).all())
     assert not bool(fused.views_used.any())
+
+
+def test_each_group_is_gated_as_if_it_were_fused_alone():
+    """Gating judges every group on its own: fusing 16 keypoint groups (some with a view that
+    disagrees) in one call gives each group the views, poses and distances it gets alone."""
+    from drone_pose.bench.multiview import _view_estimates, multiview_problems
+    from drone_pose.nets import build_network
+
+    estimator = PoseEstimator(
+        build_network("hrnet_lite"), load_drone("m2ed").keypoints, (320, 240), device="cpu", warm_up=False
+    )
+    fuser = FusedEstimator(estimator)
+    problem = multiview_problems(16, 4, 0.5, seed=4016)
+    x2d, cam_from_rig = problem["x2d"], problem["cam_from_rig"]
+    K_views = problem["K"].expand(16, 4, 3, 3)
+    views = _view_estimates(estimator, x2d.reshape(-1, x2d.shape[2], 2), K_views.reshape(-1, 3, 3))
+    together = fuser.fuse(views, K_views, cam_from_rig)
+    assert bool(together.gated.any())
+    for b in range(16):
+        alone = fuser.fuse(
+            views.take(torch.arange(4 * b, 4 * b + 4)), K_views[b : b + 1], cam_from_rig[b : b + 1]
+        )
+        assert torch.equal(alone.gated[0], together.gated[b])
+        assert torch.allclose(alone.t[0], together.t[b], atol=1e-9, rtol=0.0)
+        assert torch.allclose(alone.view_distances[0], together.view_distances[b], equal_nan=True, atol=1e-6)
