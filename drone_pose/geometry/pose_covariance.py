@@ -15,9 +15,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import roma
 import torch
 from torch import Tensor
+
+from drone_pose.geometry.rotations import matrix_to_rotation_vector
 
 # chi-square quantiles: medians for 3 and 6 degrees of freedom, 95 % for 6
 CHI2_MEDIAN = {3: 2.365974, 6: 5.348121}
@@ -27,7 +28,7 @@ CHI2_95_6DOF = 12.591587
 def pose_error_vectors(R_pred: Tensor, t_pred: Tensor, R_true: Tensor, t_true: Tensor) -> Tensor:
     """Errors [B,6] in the covariance's parametrisation: (t_pred - t_true) [B,3] metres, then the
     rotation vector [B,3] (radians) of R_pred R_true^T. R [B,3,3], t [B,3] camera <- drone."""
-    rotation = roma.rotmat_to_rotvec(R_pred.double() @ R_true.double().transpose(-1, -2))
+    rotation = matrix_to_rotation_vector(R_pred.double() @ R_true.double().transpose(-1, -2))
     return torch.cat([t_pred.double() - t_true.double(), rotation], dim=-1)
 
 

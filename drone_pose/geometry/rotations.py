@@ -10,10 +10,38 @@ import roma
 import torch
 from torch import Tensor
 
+# (R - R^T).flatten(-2) entries (2,1), (0,2), (1,0): vee of the antisymmetric part
+_VEE = [7, 2, 3]
+
 
 def geodesic_angle(R_a: Tensor, R_b: Tensor) -> Tensor:
     """Angle of the rotation R_a^T R_b, in [0, pi] radians: [..., 3, 3] x2 -> [...]."""
     return roma.rotmat_geodesic_distance(R_a, R_b)
+
+
+def matrix_to_rotation_vector(R: Tensor) -> Tensor:
+    """Rotation vectors [..., 3] (angle in [0, pi] radians times the unit axis) of rotation
+    matrices [..., 3, 3]; as roma.rotmat_to_rotvec, in a few batched ops (it runs per fused pose).
+
+    With v = vee(R - R^T) / 2 = sin(theta) axis and cos(theta) = (tr R - 1) / 2, theta = atan2(|v|,
+    cos), and the vector is v theta / |v| up to 90 degrees. Beyond, where |v| loses precision, the
+    axis is the largest column of R + R^T - 2 cos(theta) I = 2 (1 - cos(theta)) axis axis^T,
+    signed to agree with v.
+    """
+    antisymmetric = (R - R.transpose(-1, -2)).flatten(-2)
+    v = 0.5 * antisymmetric[..., _VEE]
+    trace = R.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    sine = v.norm(dim=-1, keepdim=True)
+    theta = torch.atan2(sine, 0.5 * (trace - 1.0))
+    small = v * (theta / sine.clamp_min(torch.finfo(R.dtype).tiny))
+    symmetric = (
+        R + R.transpose(-1, -2) - (trace - 1.0).unsqueeze(-1) * torch.eye(3, dtype=R.dtype, device=R.device)
+    )
+    largest = symmetric.diagonal(dim1=-2, dim2=-1).argmax(-1, keepdim=True)  # [..., 1]
+    column = torch.take_along_dim(symmetric, largest.unsqueeze(-1), dim=-1).squeeze(-1)
+    column = torch.where((column * v).sum(-1, keepdim=True) < 0, -column, column)
+    large = column * (theta / column.norm(dim=-1, keepdim=True))
+    return torch.where(trace < 1.0, large, small)  # cos(theta) < 0 beyond 90 degrees
 
 
 def matrix_to_quaternion_xyzw(R: Tensor) -> Tensor:

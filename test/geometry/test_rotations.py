@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import roma
 import torch
 
 from drone_pose.geometry.rotations import (
@@ -13,6 +14,7 @@ from drone_pose.geometry.rotations import (
     geodesic_angle,
     invert_pose,
     matrix_to_quaternion_xyzw,
+    matrix_to_rotation_vector,
     quaternion_xyzw_to_matrix,
     random_rotations,
     rotation_error_mask,
@@ -66,3 +68,29 @@ def test_pose_inverse_and_composition():
     R_id, t_id = compose_poses(R, t, R_inv, t_inv)
     torch.testing.assert_close(R_id, torch.eye(3, dtype=torch.float64).expand(3, 3, 3))
     torch.testing.assert_close(t_id, torch.zeros(3, 3, dtype=torch.float64))
+
+
+def test_rotation_vectors_match_roma_at_every_angle():
+    generator = torch.Generator().manual_seed(0)
+    axes = torch.nn.functional.normalize(
+        torch.randn(4000, 3, generator=generator, dtype=torch.float64), dim=-1
+    )
+    exponents = torch.rand(1000, generator=generator, dtype=torch.float64) * 12
+    angles = torch.cat(
+        (
+            torch.rand(1000, generator=generator, dtype=torch.float64) * math.pi,
+            10.0**-exponents,  # tiny angles
+            math.pi - 10.0 ** -(exponents * 0.8),  # near the half turn
+            math.pi / 2 + (torch.rand(1000, generator=generator, dtype=torch.float64) - 0.5) * 1e-6,
+        )
+    )
+    R = roma.rotvec_to_rotmat(axes * angles[:, None])
+    rotvec = matrix_to_rotation_vector(R)
+    assert torch.allclose(rotvec.norm(dim=-1), angles, atol=1e-12, rtol=0.0)
+    # the vector itself, except at the half turn where +axis and -axis give the same rotation
+    away = angles < math.pi - 1e-6
+    assert torch.allclose(rotvec[away], roma.rotmat_to_rotvec(R)[away], atol=1e-12, rtol=0.0)
+    assert torch.allclose(roma.rotvec_to_rotmat(rotvec), R, atol=1e-12, rtol=0.0)
+    assert torch.equal(
+        matrix_to_rotation_vector(torch.eye(3, dtype=torch.float64)), torch.zeros(3, dtype=torch.float64)
+    )
