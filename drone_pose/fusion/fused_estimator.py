@@ -20,7 +20,7 @@ from torch import Tensor
 
 from drone_pose.fusion.gating import view_distances, worst_outlier
 from drone_pose.fusion.multiview_pnp import multiview_pnp
-from drone_pose.fusion.rig import camera_poses, split_extrinsics, validate_extrinsics
+from drone_pose.fusion.rig import camera_poses, split_extrinsics
 from drone_pose.geometry.camera import project_points
 from drone_pose.geometry.distortion import Distortion
 from drone_pose.inference.estimator import (
@@ -218,7 +218,6 @@ class _FusionProblem:
     def of(
         cls, views: PoseEstimate, K: Tensor, cam_from_rig: Tensor, estimator: PoseEstimator
     ) -> _FusionProblem:
-        validate_extrinsics(cam_from_rig)
         groups, cameras = K.shape[:2]
         count = views.keypoints.shape[1]
         keypoints = views.keypoints if views.undistorted_keypoints is None else views.undistorted_keypoints

@@ -209,7 +209,7 @@ def camera_cost_derivatives(
     gauss_newton = Jw_t @ J
     hessian = None
     if exact:
-        Jr = (J_points * r.unsqueeze(-1)).sum(-2)  # [B,V,N,6] per-point J^T r
+        Jr = (r.unsqueeze(-2) @ J_points).squeeze(-2)  # [B,V,N,6] per-point J^T r
         hessian = gauss_newton
         # lambda_c = rho' w_c r_c per coordinate weighs the projection's second derivatives
         lam = weights * r if huber is None else irls.unsqueeze(-1) * weights * r
@@ -218,7 +218,7 @@ def camera_cost_derivatives(
             Jr_flat = Jr.view(batch, points, 6)
             hessian = hessian + 2.0 * (curvature.view(batch, points, 1) * Jr_flat).transpose(1, 2) @ Jr_flat
             Jr = irls.unsqueeze(-1) * Jr
-        d = (lam.unsqueeze(-1) * d_uv_dp).sum(-2)  # [B,V,N,3]
+        d = (lam.unsqueeze(-2) @ d_uv_dp).squeeze(-2)  # [B,V,N,3]
         k2 = depth_row.squeeze(-2)  # [B,V,1,3]
         q = torch.cat((k2.expand(batch, views, count, 3), torch.linalg.cross(a.squeeze(-2), k2, dim=-1)), -1)
         outer = (q * inv_w).view(batch, points, 6).transpose(1, 2) @ Jr.view(batch, points, 6)
