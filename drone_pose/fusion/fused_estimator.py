@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +30,7 @@ from drone_pose.inference.estimator import (
     pose_verdicts,
     position_std,
 )
+from drone_pose.pnp.projection import residuals, robust_cost
 from drone_pose.pnp.result import PnPResult
 from drone_pose.pnp.solver import serial_when_small
 
@@ -45,7 +46,9 @@ class FusedEstimate:
 
     R [B,3,3], t [B,3] metres: rig<-drone (p_rig = R p_drone + t); covariance [B,6,6] of
     (tx, ty, tz, rx, ry, rz) about rig axes (ROS order), scaled by the estimator's covariance
-    scales; reprojection_rms [B] px over the confident keypoints of the views used; valid [B] bool;
+    scales divided by the fused residual variance over the views' own (CovarianceScales.apply:
+    the views' disagreement already shows part of what the single-view scales stand for);
+    reprojection_rms [B] px over the confident keypoints of the views used; valid [B] bool;
     reasons: per group "" when valid, else no_usable_view (no view gave a usable single-view
     result), solver_<status>, high_reprojection_error or uncertain_pose; views_used [B,V] bool;
     gated [B,V] bool: left out by view gating; view_distances [B,V]: Mahalanobis distance of each
@@ -201,12 +204,14 @@ def _with_rows(result: PnPResult, rows: Tensor, update: PnPResult) -> PnPResult:
 @dataclass(frozen=True)
 class _FusionProblem:
     """The multi-view problems of B groups: keypoints [B,V,N,2] (undistorted), confidences [B,V,N],
-    PnP weights [B,V,N], the views' own poses R_views [B,V,3,3], t_views [B,V,3] and covariances
-    [B,V,6,6] (camera frames), K [B,V,3,3], cam_from_rig [B,V,4,4]."""
+    PnP weights [B,V,N], the robust reprojection cost of each view at its own pose view_costs
+    [B,V] (px^2; NaN for a view without a pose), the views' own poses R_views [B,V,3,3], t_views
+    [B,V,3] and covariances [B,V,6,6] (camera frames), K [B,V,3,3], cam_from_rig [B,V,4,4]."""
 
     keypoints: Tensor
     confidences: Tensor
     weights: Tensor
+    view_costs: Tensor
     R_views: Tensor
     t_views: Tensor
     covariance_views: Tensor
@@ -226,10 +231,22 @@ class _FusionProblem:
         weights = keypoint_weights(
             confidences, thresholds.min_keypoint_confidence, thresholds.keypoint_confidence_power
         )
+        keypoints = keypoints.view(groups, cameras, count, 2)
+        pairs = weights.unsqueeze(-1).expand(groups, cameras, count, 2).reshape(-1, count, 2)
+        r = residuals(
+            torch.where(pairs > 0, keypoints.reshape(-1, count, 2), 0.0),
+            estimator.keypoints_3d,
+            K.reshape(-1, 3, 3),
+            pairs,
+            views.R,
+            views.t,
+        )
+        view_costs = robust_cost(r, thresholds.huber_px).view(groups, cameras)
         return cls(
-            keypoints.view(groups, cameras, count, 2),
+            keypoints,
             confidences,
             weights,
+            view_costs,
             views.R.view(groups, cameras, 3, 3),
             views.t.view(groups, cameras, 3),
             views.covariance.view(groups, cameras, 6, 6),
@@ -251,7 +268,19 @@ class _FusionProblem:
             huber=self.estimator.thresholds.huber_px,
             view_poses=(pick(self.R_views), pick(self.t_views)),
         )
-        return result, self.estimator.covariance_scales.apply(result.covariance)
+        return result, self.estimator.covariance_scales.apply(
+            result.covariance, self._revealed(result, taking_part, pick)
+        )
+
+    def _revealed(self, result: PnPResult, taking_part: Tensor, pick: Callable[[Tensor], Tensor]) -> Tensor:
+        """The fused residual variance 2 cost / (2 n - 6) over that of the views taking part [b,V] at
+        their own poses (sum 2 cost_v / sum (2 n_v - 6)) [b]; 1 where it cannot be told."""
+        points = ((pick(self.weights) > 0) & taking_part.unsqueeze(-1)).sum(-1).double()  # [b,V]
+        own_costs = torch.where(taking_part, pick(self.view_costs), 0.0).sum(1)
+        own = 2.0 * own_costs / torch.where(taking_part, 2.0 * points - 6.0, 0.0).sum(1)
+        fused = 2.0 * result.cost.double() / (2.0 * points.sum(1) - 6.0)
+        ratio = fused / own
+        return torch.where(torch.isfinite(ratio) & (ratio > 0), ratio, 1.0)
 
     def distances(self, result: PnPResult, covariance: Tensor, rows: Tensor | None = None) -> Tensor:
         """Mahalanobis distances [b,V] of the views' own poses from fused poses of the groups `rows`."""

@@ -58,10 +58,20 @@ class CovarianceScales:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"pose covariance {name} scale must be a positive number, got {value!r}")
 
-    def apply(self, covariance: Tensor) -> Tensor:
-        """D C D for covariances [B,6,6] with D = diag(sqrt(translation) x3, sqrt(rotation) x3)."""
-        root = covariance.new_tensor([math.sqrt(self.translation)] * 3 + [math.sqrt(self.rotation)] * 3)
-        return covariance * root[:, None] * root[None, :]
+    def apply(self, covariance: Tensor, revealed: Tensor | None = None) -> Tensor:
+        """D C D for covariances [B,6,6] with D = diag(sqrt(translation) x3, sqrt(rotation) x3).
+
+        The factors stand for keypoint errors that a single view's residuals cannot show (errors
+        shared by one image's keypoints move its pose instead). revealed [B] >= 1: how much larger
+        the residual variance behind C is than the views' own (a multi-view fit, where the views'
+        disagreement shows such errors as residuals): each factor is divided by it, never below 1,
+        so that the same error is not counted twice.
+        """
+        factors = covariance.new_tensor([self.translation] * 3 + [self.rotation] * 3)
+        if revealed is not None:
+            factors = (factors / revealed.to(covariance.dtype).clamp_min(1.0)[:, None]).clamp_min(1.0)
+        root = factors.sqrt()
+        return covariance * root[..., :, None] * root[..., None, :]
 
     def to_dict(self) -> dict[str, Any]:
         return {"translation": self.translation, "rotation": self.rotation, "samples": self.samples}

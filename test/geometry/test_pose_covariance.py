@@ -90,3 +90,15 @@ def test_unusable_covariances_are_left_out_of_the_fit_and_count_as_outside():
 def test_scales_must_be_positive_numbers(bad):
     with pytest.raises(ValueError, match="translation scale"):
         CovarianceScales(translation=bad)
+
+
+def test_scales_divided_by_the_revealed_variance_never_fall_below_one():
+    scales = CovarianceScales(translation=4.0, rotation=2.0)
+    covariance = torch.eye(6, dtype=torch.float64).expand(3, 6, 6)
+    revealed = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    scaled = scales.apply(covariance, revealed).diagonal(dim1=-2, dim2=-1)
+    expected = torch.tensor(
+        [[4.0] * 3 + [2.0] * 3, [2.0] * 3 + [1.0] * 3, [4.0] * 3 + [2.0] * 3], dtype=torch.float64
+    )  # a ratio below 1 reveals nothing
+    assert torch.allclose(scaled, expected)
+    assert torch.equal(scales.apply(covariance, torch.ones(3, dtype=torch.float64)), scales.apply(covariance))
