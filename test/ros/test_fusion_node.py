@@ -19,7 +19,8 @@ from tf2_msgs.msg import TFMessage
 
 from drone_pose.bags.flight_bag import FlightBagSpec, plan_flight, write_flight_bag
 from drone_pose.bags.frames import read_frames
-from drone_pose.fusion.rig_file import Rig, invert_rigid, save_rig_file
+from drone_pose.fusion.rig_file import save_rig_file
+from drone_pose.ros.fusion_benchmark import rig_of
 from drone_pose.ros.image_conversions import numpy_to_image
 from drone_pose.ros.qos import TF_TOPIC, sensor_data_qos, tf_qos
 
@@ -39,11 +40,7 @@ def rig_flight(tmp_path_factory):
     write_flight_bag(bag, SPEC, workers=1, progress=False)
     frames = {camera: read_frames(bag, camera)[0] for camera in CAMERAS}
     rig_cameras, flight = plan_flight(SPEC)
-    rig_from_camera = np.tile(np.eye(4), (len(rig_cameras), 1, 1))
-    for index, camera in enumerate(rig_cameras):
-        rig_from_camera[index, :3, :3] = camera.R_world_camera
-        rig_from_camera[index, :3, 3] = camera.position
-    rig = Rig("world", CAMERAS, tuple(c.optical_frame for c in rig_cameras), invert_rigid(rig_from_camera))
+    rig = rig_of(rig_cameras)
     rig_file = save_rig_file(rig, root / "rig.yaml")
     return frames, rig_file, flight
 
