@@ -1,0 +1,1 @@
+"""Differentiable silhouette rendering of drone meshes and the pixel grids it renders on (no ROS)."""

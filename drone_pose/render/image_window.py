@@ -1,0 +1,95 @@
+"""Pixel grids placed in an image: render windows around a drone and silhouette maps on them.
+
+A grid of `width` x `height` pixels is placed by the image position of its first pixel centre and
+its pixel size: grid pixel (column c, row r) has its centre at image pixel
+origin + pixel_size * (c, r). Pixel centres are at integer coordinates in both grids, as in
+drone_pose.data.rasterize and drone_pose.nets.heatmap_codec (a heatmap at stride s is the grid
+with origin (s - 1) / 2 and pixel_size s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ImageWindow:
+    """B grids of height x width pixels: origin [B,2] image px (x, y) of pixel (0, 0)'s centre,
+    pixel_size [B] image px per grid pixel (> 0)."""
+
+    origin: Tensor
+    pixel_size: Tensor
+    width: int
+    height: int
+
+    @classmethod
+    def around_box(cls, box: Tensor, resolution: int, margin: float = 0.15) -> ImageWindow:
+        """Square windows of resolution x resolution pixels around boxes [B,4] (x_min, y_min,
+        x_max, y_max) image px, enlarged by `margin` of the longer side on every side."""
+        centre = 0.5 * (box[:, :2] + box[:, 2:])
+        side = (box[:, 2:] - box[:, :2]).amax(-1).clamp_min(1.0) * (1.0 + 2.0 * margin)
+        pixel_size = side / resolution
+        origin = centre - 0.5 * side + 0.5 * pixel_size[:, None]
+        return cls(origin, pixel_size, resolution, resolution)
+
+    @classmethod
+    def heatmap(cls, batch: int, width: int, height: int, stride: float, device=None) -> ImageWindow:
+        """The grid of heatmaps at 1/stride of the image resolution (heatmap_codec's convention)."""
+        origin = torch.full((batch, 2), 0.5 * (stride - 1.0), device=device)
+        return cls(origin, torch.full((batch,), float(stride), device=device), width, height)
+
+    def intrinsics(self, K: Tensor) -> Tensor:
+        """Intrinsics [B,3,3] of the window for image intrinsics K [B,3,3] (or [3,3]): a camera
+        point projects to window pixels (image px - origin) / pixel_size."""
+        K = K.expand(self.origin.shape[0], 3, 3)
+        scale = 1.0 / self.pixel_size.to(K.dtype)
+        to_window = torch.zeros_like(K)
+        to_window[:, 0, 0] = scale
+        to_window[:, 1, 1] = scale
+        to_window[:, :2, 2] = -self.origin.to(K.dtype) * scale[:, None]
+        to_window[:, 2, 2] = 1.0
+        return to_window @ K
+
+    def to_image(self, grid_xy: Tensor) -> Tensor:
+        """Grid pixel coordinates [B,...,2] -> image pixels [B,...,2]."""
+        shape = (-1,) + (1,) * (grid_xy.dim() - 2) + (2,)
+        return self.origin.view(shape) + self.pixel_size.view(shape[:-1] + (1,)) * grid_xy
+
+    def from_image(self, image_xy: Tensor) -> Tensor:
+        """Image pixels [B,...,2] -> grid pixel coordinates [B,...,2]."""
+        shape = (-1,) + (1,) * (image_xy.dim() - 2) + (2,)
+        return (image_xy - self.origin.view(shape)) / self.pixel_size.view(shape[:-1] + (1,))
+
+    def pixel_centres(self) -> Tensor:
+        """Image coordinates [B,height,width,2] of the grid's pixel centres."""
+        rows = torch.arange(self.height, dtype=self.origin.dtype, device=self.origin.device)
+        columns = torch.arange(self.width, dtype=self.origin.dtype, device=self.origin.device)
+        grid = torch.stack(torch.meshgrid(columns, rows, indexing="xy"), -1)  # [h,w,2] (x, y)
+        return self.to_image(grid.expand(self.origin.shape[0], -1, -1, -1))
+
+
+@dataclass(frozen=True)
+class SilhouetteMap:
+    """Drone silhouettes on pixel grids: probability [B,h,w] in [0, 1] (1 = drone) on `grid`."""
+
+    probability: Tensor
+    grid: ImageWindow
+
+    def resample(self, window: ImageWindow) -> Tensor:
+        """The silhouettes [B,window.height,window.width] at the window's pixel centres, bilinear,
+        0 outside this map."""
+        points = self.grid.from_image(window.pixel_centres().to(self.probability.dtype))
+        size = torch.tensor(
+            [max(self.grid.width - 1, 1), max(self.grid.height - 1, 1)],
+            dtype=points.dtype,
+            device=points.device,
+        )
+        normalised = 2.0 * points / size - 1.0
+        sampled = F.grid_sample(
+            self.probability[:, None], normalised, mode="bilinear", padding_mode="zeros", align_corners=True
+        )
+        return sampled[:, 0]
