@@ -33,7 +33,7 @@ class ImageWindow:
         centre = 0.5 * (box[:, :2] + box[:, 2:])
         side = (box[:, 2:] - box[:, :2]).amax(-1).clamp_min(1.0) * (1.0 + 2.0 * margin)
         pixel_size = side / resolution
-        origin = centre - 0.5 * side + 0.5 * pixel_size[:, None]
+        origin = centre - 0.5 * (side - pixel_size)[:, None]
         return cls(origin, pixel_size, resolution, resolution)
 
     @classmethod
@@ -56,13 +56,13 @@ class ImageWindow:
 
     def to_image(self, grid_xy: Tensor) -> Tensor:
         """Grid pixel coordinates [B,...,2] -> image pixels [B,...,2]."""
-        shape = (-1,) + (1,) * (grid_xy.dim() - 2) + (2,)
-        return self.origin.view(shape) + self.pixel_size.view(shape[:-1] + (1,)) * grid_xy
+        shape = (-1, *(1,) * (grid_xy.dim() - 2), 2)
+        return self.origin.view(shape) + self.pixel_size.view((*shape[:-1], 1)) * grid_xy
 
     def from_image(self, image_xy: Tensor) -> Tensor:
         """Image pixels [B,...,2] -> grid pixel coordinates [B,...,2]."""
-        shape = (-1,) + (1,) * (image_xy.dim() - 2) + (2,)
-        return (image_xy - self.origin.view(shape)) / self.pixel_size.view(shape[:-1] + (1,))
+        shape = (-1, *(1,) * (image_xy.dim() - 2), 2)
+        return (image_xy - self.origin.view(shape)) / self.pixel_size.view((*shape[:-1], 1))
 
     def pixel_centres(self) -> Tensor:
         """Image coordinates [B,height,width,2] of the grid's pixel centres."""
