@@ -103,6 +103,7 @@ LAYERS: dict[str, int] = {
     "data": 2,
     "nets": 2,
     "pnp": 2,
+    "render": 2,  # differentiable silhouettes (geometry only)
     "inference": 3,
     "bags": 3,
     "fusion": 4,  # multi-camera fusion (uses inference)

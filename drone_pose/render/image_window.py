@@ -9,6 +9,7 @@ with origin (s - 1) / 2 and pixel_size s).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -79,9 +80,27 @@ class SilhouetteMap:
     probability: Tensor
     grid: ImageWindow
 
-    def resample(self, window: ImageWindow) -> Tensor:
-        """The silhouettes [B,window.height,window.width] at the window's pixel centres, bilinear,
-        0 outside this map."""
+    def resample(self, window: ImageWindow, max_samples: int = 4) -> Tensor:
+        """The silhouettes [B,window.height,window.width] on the window's pixels, 0 outside this map.
+
+        Where a window pixel spans several map pixels, the map is averaged over up to
+        max_samples x max_samples bilinear samples inside it (area averaging, no aliasing).
+        """
+        ratio = float((window.pixel_size / self.grid.pixel_size.to(window.pixel_size)).amax())
+        samples = max(1, min(max_samples, math.ceil(ratio - 1e-6)))
+        if samples > 1:
+            sub_size = window.pixel_size / samples
+            fine = ImageWindow(
+                window.origin - 0.5 * (window.pixel_size - sub_size)[:, None],
+                sub_size,
+                window.width * samples,
+                window.height * samples,
+            )
+            return F.avg_pool2d(self._sample(fine)[:, None], samples)[:, 0]
+        return self._sample(window)
+
+    def _sample(self, window: ImageWindow) -> Tensor:
+        """Bilinear samples [B,h,w] of the map at the window's pixel centres."""
         points = self.grid.from_image(window.pixel_centres().to(self.probability.dtype))
         size = torch.tensor(
             [max(self.grid.width - 1, 1), max(self.grid.height - 1, 1)],
