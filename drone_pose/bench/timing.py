@@ -12,6 +12,13 @@ import torch
 
 def median_ms(run: Callable[[], object], device: torch.device, repeats: int, warm_up: int = 1) -> float:
     """Median wall time of run() in milliseconds after warm_up calls; CUDA work is synchronised."""
+    return statistics.median(wall_times_ms(run, device, repeats, warm_up))
+
+
+def wall_times_ms(
+    run: Callable[[], object], device: torch.device, repeats: int, warm_up: int = 1
+) -> list[float]:
+    """Wall times [repeats] of run() in milliseconds after warm_up calls; CUDA work is synchronised."""
     for _ in range(warm_up):
         run()
     samples = []
@@ -23,7 +30,7 @@ def median_ms(run: Callable[[], object], device: torch.device, repeats: int, war
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+    return samples
 
 
 def machine_info() -> dict[str, object]:

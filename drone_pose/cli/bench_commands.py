@@ -1,4 +1,5 @@
-"""`drone-pose bench pnp | multiview | net | tracker | fusion | soak | train`: benchmarks that print JSON."""
+"""`drone-pose bench pnp | multiview | gmm | net | tracker | fusion | soak | train`: benchmarks that
+print JSON."""
 
 from __future__ import annotations
 
@@ -36,6 +37,22 @@ def _cmd_bench_multiview(args: argparse.Namespace) -> int:
     from drone_pose.bench.multiview import run_benchmark
 
     report = run_benchmark(tuple(args.views), tuple(args.groups), args.noise, args.repeats)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_bench_gmm(args: argparse.Namespace) -> int:
+    from drone_pose.bench.gmm import run_benchmark
+
+    report = run_benchmark(
+        components=tuple(args.components),
+        views=args.views,
+        keypoints=args.keypoints,
+        frames=args.frames,
+        iterations=args.iterations,
+        devices=tuple(args.devices) if args.devices else None,
+        repeats=args.repeats,
+    )
     print(json.dumps(report, indent=2))
     return 0
 
@@ -108,6 +125,17 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     multiview.add_argument("--noise", type=non_negative_float, default=0.5, help="keypoint noise, pixels")
     multiview.add_argument("--repeats", type=positive_int, default=20)
     multiview.set_defaults(run=_cmd_bench_multiview)
+    gmm = bench.add_parser(
+        "gmm", help="heatmaps to Gaussian mixtures (MetaPose): ms per multi-camera frame, M = 1..4"
+    )
+    gmm.add_argument("--components", type=positive_int, nargs="+", default=[1, 2, 3, 4])
+    gmm.add_argument("--views", type=positive_int, default=4)
+    gmm.add_argument("--keypoints", type=positive_int, default=9)
+    gmm.add_argument("--frames", type=positive_int, default=1, help="frames per call")
+    gmm.add_argument("--iterations", type=positive_int, default=10, help="EM iterations")
+    gmm.add_argument("--devices", nargs="+", help="default: cpu, plus cuda when available")
+    gmm.add_argument("--repeats", type=positive_int, default=100)
+    gmm.set_defaults(run=_cmd_bench_gmm)
     from drone_pose.bench.nets import STUDY_ARCHITECTURES
 
     net = bench.add_parser("net", help="keypoint networks: parameters, GFLOPs, latency, throughput")
