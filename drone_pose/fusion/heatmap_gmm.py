@@ -136,11 +136,11 @@ def fit_heatmap_gmm(
 ) -> HeatmapGMM:
     """Fit an M-component spherical Gaussian mixture to every heatmap [...,H,W] by weighted EM.
 
-    components: M >= 1; iterations: EM steps after the initialisation (10: docs/metapose.md has
+    components: M >= 1. iterations: EM steps after the initialisation (10: docs/metapose.md has
     how far they stop from convergence; one step makes an M = 1 fit exact, so M = 1 runs at most
-    two); variance_floor: px², > 0; relative_threshold: heatmap
-    values below this fraction of their heatmap's peak count as 0 (0 keeps the whole heatmap, as
-    MetaPose does; a network's low background then makes broad components of its own).
+    two). variance_floor: px², > 0. relative_threshold: heatmap values below this fraction of
+    their heatmap's peak count as 0 (0 keeps the whole heatmap, as MetaPose does; a network's low
+    background then makes broad components of its own).
     Returns heatmap px on the heatmaps' device, float64 for float64 heatmaps, else float32. All
     heatmaps are fitted at once (no Python loop over them). Not differentiated (MetaPose stops
     gradients at the refiner's inputs).
