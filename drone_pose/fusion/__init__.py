@@ -6,6 +6,8 @@ them with view gating; drone_pose.fusion.rig moves poses and covariances between
 frames; drone_pose.fusion.rig_file reads and writes a rig's extrinsics as YAML (docs/fusion.md);
 fit_heatmap_gmm compresses keypoint heatmaps to spherical Gaussian mixtures, MetaPose's refiner
 input (docs/metapose.md).
+drone_pose.fusion.rig_initialisation estimates the extrinsics of an uncalibrated rig from
+single-view poses (self-calibration, stage 1; robust averaging in drone_pose.fusion.pose_averaging).
 No ROS: the fusion node in drone_pose.ros builds on this package.
 """
 

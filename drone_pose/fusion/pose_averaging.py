@@ -25,7 +25,7 @@ average_poses: robust averaging of N estimates of one pose (batched over P poses
    is taken, and their scatter over the number of runs estimates the variance of the mean when
    errors are correlated in time. The first term alone takes the samples as independent; the
    poses of a flight are not (a network's error depends on the view, which changes slowly), and
-   on synthetic flights it understated the errors 3 to 6 times (docs/experiments.md).
+   on synthetic flights it understated the errors 3 to 7 times (docs/experiments.md).
 The L1 median alone is robust but statistically inefficient and blind to the covariances; the
 Mahalanobis IRLS alone can be captured by outliers from a poor start: hence both.
 """
