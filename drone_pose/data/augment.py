@@ -1,4 +1,4 @@
-"""Training-time augmentation of (image, mask, keypoints, K, pose) samples.
+"""Training-time augmentation of (image, mask, full mask, keypoints, K, pose) samples.
 
 Geometric augmentation is a rotation about the optical axis plus a scale and shift in the image.
 Both are the homography of a physically possible camera: rotating the camera by Rz about its
@@ -19,6 +19,10 @@ keypoints swap labels (mirror_permutation).
 Photometric augmentation (brightness, contrast, saturation, per-channel gain, gamma, blur, noise)
 leaves the geometry untouched.
 
+The whole-silhouette mask (full_mask, the mask head's target) is resampled exactly like the image
+(bilinear through the same homography, flipped, cropped), so it stays registered to the pixels;
+the visible mask keeps nearest-neighbour resampling.
+
 An optional training crop (a fixed-size window placed at random around the drone) shifts the
 principal point by the window's corner. A fully convolutional network trained on such crops runs
 unchanged on full frames, and a crop of a quarter of the image makes a training step four times
@@ -27,6 +31,7 @@ cheaper.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -110,8 +115,10 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class GeometricSample:
-    """A sample's geometry. image [H,W,3] float32 RGB in [0,1]; mask [H,W] bool; keypoints [K,2]
-    pixels; visibility [K] bool; K [3,3]; R [3,3], t [3] metres (camera optical <- drone)."""
+    """A sample's geometry. image [H,W,3] float32 RGB in [0,1]; mask [H,W] bool (visible drone);
+    keypoints [K,2] pixels; visibility [K] bool; K [3,3]; R [3,3], t [3] metres (camera optical <-
+    drone); full_mask [H,W] float32 in [0,1]: the drone's whole silhouette, occluders ignored
+    (fractional where resampled), or None when the source has none."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -120,6 +127,7 @@ class GeometricSample:
     K: np.ndarray
     R: np.ndarray
     t: np.ndarray
+    full_mask: np.ndarray | None = None
 
 
 def warp_matrix(
@@ -161,6 +169,16 @@ def apply_warp(sample: GeometricSample, H: np.ndarray, Rz: np.ndarray, S: np.nda
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=0,
     ).astype(bool)
+    full_mask = None
+    if sample.full_mask is not None:  # resampled like the image: the mask head's soft target
+        full_mask = cv2.warpPerspective(
+            sample.full_mask.astype(np.float32),
+            H,
+            (width, height),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
     keypoints = _map_points(H, sample.keypoints)
     inside = _inside(keypoints, width, height)
     return GeometricSample(
@@ -171,6 +189,7 @@ def apply_warp(sample: GeometricSample, H: np.ndarray, Rz: np.ndarray, S: np.nda
         K=S @ sample.K,
         R=Rz @ sample.R,
         t=Rz @ sample.t,
+        full_mask=full_mask,
     )
 
 
@@ -199,6 +218,7 @@ def mirror(sample: GeometricSample, permutation: tuple[int, ...] | list[int]) ->
         K=K,
         R=_CAMERA_MIRROR @ sample.R @ _BODY_MIRROR,
         t=_CAMERA_MIRROR @ sample.t,
+        full_mask=None if sample.full_mask is None else np.ascontiguousarray(sample.full_mask[:, ::-1]),
     )
 
 
@@ -295,12 +315,13 @@ def random_crop(
     x0, y0 = corner
     image = _window(sample.image, x0, y0, crop_w, crop_h)
     mask = _window(sample.mask, x0, y0, crop_w, crop_h)
+    full_mask = None if sample.full_mask is None else _window(sample.full_mask, x0, y0, crop_w, crop_h)
     keypoints = (sample.keypoints - np.array([x0, y0], dtype=sample.keypoints.dtype)).astype(np.float32)
     K = sample.K.copy()
     K[0, 2] -= x0
     K[1, 2] -= y0
     visibility = sample.visibility & _inside(keypoints, crop_w, crop_h)
-    return GeometricSample(image, mask, keypoints, visibility, K, sample.R, sample.t)
+    return GeometricSample(image, mask, keypoints, visibility, K, sample.R, sample.t, full_mask)
 
 
 def augment(sample: GeometricSample, rng: np.random.Generator, config: AugmentConfig) -> GeometricSample:
@@ -310,10 +331,7 @@ def augment(sample: GeometricSample, rng: np.random.Generator, config: AugmentCo
     warped = random_geometric(sample, rng, config)
     if config.crop is not None:
         warped = random_crop(warped, rng, config.crop, config.crop_margin_px)
-    image = random_photometric(warped.image, rng, config)
-    return GeometricSample(
-        image, warped.mask, warped.keypoints, warped.visibility, warped.K, warped.R, warped.t
-    )
+    return dataclasses.replace(warped, image=random_photometric(warped.image, rng, config))
 
 
 def _window(array: np.ndarray, x0: int, y0: int, width: int, height: int) -> np.ndarray:

@@ -3,6 +3,10 @@
 Every dataset here returns the same sample, a dict of tensors:
     image       [3,H,W] float32 RGB in [0,1]
     mask        [H,W] bool, visible-drone silhouette (all False where the source has none)
+    full_mask   [H,W] float32 in [0,1], the drone's whole silhouette, occluders ignored (the mask
+                head's target; fractional where augmentation resampled it); where the source has
+                none (UAVA, shards rendered before it was stored) the visible mask stands in:
+                a dataset's `has_full_mask` says which
     keypoints   [K,2] float32 pixels (pixel centres at integers)
     visibility  [K] bool, keypoint in the image and not occluded
     K           [3,3] float32 intrinsics of this (possibly augmented) image
@@ -28,7 +32,7 @@ from torch.utils.data import Dataset
 
 from drone_pose.data.augment import AugmentConfig, GeometricSample, augment
 from drone_pose.data.generate import SPLITS, GenerationSpec, render_sample
-from drone_pose.data.shards import SHARD_KEYS, DatasetFormatError, read_index
+from drone_pose.data.shards import FULL_MASK_KEY, SHARD_KEYS, DatasetFormatError, read_index
 from drone_pose.drones import load_drone
 from drone_pose.errors import UserError
 
@@ -41,9 +45,11 @@ _IN_MEMORY_KEYS = ("offsets", "keypoints", "visibility", "bbox", "R", "t", "inde
 
 def to_sample(geometry: GeometricSample, index: int) -> dict[str, torch.Tensor]:
     """The dataset sample dict (module docstring) of one sample's geometry."""
+    full_mask = geometry.mask if geometry.full_mask is None else geometry.full_mask
     return {
         "image": torch.from_numpy(np.ascontiguousarray(geometry.image.transpose(2, 0, 1))),
         "mask": torch.from_numpy(np.ascontiguousarray(geometry.mask)),
+        "full_mask": torch.from_numpy(np.ascontiguousarray(full_mask, dtype=np.float32)),
         "keypoints": torch.as_tensor(geometry.keypoints, dtype=torch.float32),
         "visibility": torch.as_tensor(geometry.visibility, dtype=torch.bool),
         "K": torch.as_tensor(geometry.K, dtype=torch.float32),
@@ -54,7 +60,12 @@ def to_sample(geometry: GeometricSample, index: int) -> dict[str, torch.Tensor]:
 
 
 class AugmentedDataset(Dataset):
-    """Base class: subclasses implement __len__ and load(i) -> (GeometricSample, index)."""
+    """Base class: subclasses implement __len__ and load(i) -> (GeometricSample, index).
+
+    has_full_mask: whether samples carry the drone's whole silhouette (else full_mask is the visible
+    mask)."""
+
+    has_full_mask = False
 
     def __init__(self, augment_config: AugmentConfig | None, seed: int) -> None:
         self.augment_config = augment_config
@@ -85,6 +96,7 @@ class _ShardInfo:
     arrays: dict[str, np.ndarray]  # the small per-sample arrays, in memory
     encoded: tuple[int, np.dtype, tuple[int, ...]]  # (file offset, dtype, shape) of the images
     mask_bits: tuple[int, np.dtype, tuple[int, ...]]
+    full_mask_bits: tuple[int, np.dtype, tuple[int, ...]] | None  # None: rendered before it was stored
 
 
 class ShardDataset(AugmentedDataset):
@@ -120,7 +132,8 @@ class ShardDataset(AugmentedDataset):
         if not self.shards:
             raise DatasetFormatError(f"{self.root}: no readable shard in split {split!r}")
         self._starts = np.cumsum([0] + [s.count for s in self.shards])
-        self._maps: dict[int, tuple[np.memmap, np.memmap]] = {}
+        self._maps: dict[int, tuple[np.memmap, ...]] = {}
+        self.has_full_mask = all(s.full_mask_bits is not None for s in self.shards)
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -138,7 +151,7 @@ class ShardDataset(AugmentedDataset):
     def load(self, i: int) -> tuple[GeometricSample, int]:
         number = int(np.searchsorted(self._starts, i, side="right") - 1)
         shard, j = self.shards[number], i - int(self._starts[number])
-        encoded, mask_bits = self._memory_maps(number)
+        encoded, mask_bits, *full_mask_bits = self._memory_maps(number)
         offsets = shard.arrays["offsets"]
         decoded = cv2.imdecode(np.asarray(encoded[offsets[j] : offsets[j + 1]]), cv2.IMREAD_COLOR)
         index = int(shard.arrays["index"][j])
@@ -147,7 +160,11 @@ class ShardDataset(AugmentedDataset):
                 f"{shard.path}: image of sample {index} does not decode to {self.width}x{self.height}"
             )
         image = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
-        mask = np.unpackbits(mask_bits[j], count=self.height * self.width).reshape(self.height, self.width)
+        pixels = self.height * self.width
+        mask = np.unpackbits(mask_bits[j], count=pixels).reshape(self.height, self.width)
+        full_mask = None
+        if self.has_full_mask:
+            full_mask = np.unpackbits(full_mask_bits[0][j], count=pixels).reshape(self.height, self.width)
         geometry = GeometricSample(
             image=image,
             mask=mask.astype(bool),
@@ -156,15 +173,18 @@ class ShardDataset(AugmentedDataset):
             K=self.K,
             R=shard.arrays["R"][j],
             t=shard.arrays["t"][j],
+            full_mask=None if full_mask is None else full_mask.astype(np.float32),
         )
         return geometry, index
 
-    def _memory_maps(self, number: int) -> tuple[np.memmap, np.memmap]:
+    def _memory_maps(self, number: int) -> tuple[np.memmap, ...]:
+        """Memory maps of a shard's images, masks and (when stored) full masks."""
         if number not in self._maps:
             shard = self.shards[number]
-            self._maps[number] = tuple(  # type: ignore[assignment]
+            located = (shard.encoded, shard.mask_bits, shard.full_mask_bits)
+            self._maps[number] = tuple(
                 np.memmap(shard.path, dtype=dtype, mode="r", offset=offset, shape=shape)
-                for offset, dtype, shape in (shard.encoded, shard.mask_bits)
+                for offset, dtype, shape in (entry for entry in located if entry is not None)
             )
         return self._maps[number]
 
@@ -175,6 +195,8 @@ class RenderedDataset(AugmentedDataset):
     Sample i of the dataset is sample first + i of the generator (so splits can be emulated by
     disjoint index ranges).
     """
+
+    has_full_mask = True
 
     def __init__(
         self,
@@ -204,6 +226,7 @@ class RenderedDataset(AugmentedDataset):
             K=np.array(self.spec.K),
             R=scene.R,
             t=scene.t,
+            full_mask=scene.full_mask.astype(np.float32),
         )
         return geometry, index
 
@@ -226,6 +249,9 @@ def _inspect_shard(path: Path, pixels: int) -> _ShardInfo:
         with path.open("rb") as handle:
             encoded = _stored_array_location(handle, names["encoded"], path)
             mask_bits = _stored_array_location(handle, names["mask_bits"], path)
+            full_mask_bits = None
+            if FULL_MASK_KEY in names:
+                full_mask_bits = _stored_array_location(handle, names[FULL_MASK_KEY], path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, struct.error) as error:
         if isinstance(error, DatasetFormatError):
             raise
@@ -235,13 +261,14 @@ def _inspect_shard(path: Path, pixels: int) -> _ShardInfo:
         len(arrays["offsets"]) == count + 1
         and all(len(arrays[key]) == count for key in ("keypoints", "visibility", "bbox", "R", "t"))
         and mask_bits[2] == (count, (pixels + 7) // 8)
+        and (full_mask_bits is None or full_mask_bits[2] == mask_bits[2])
         and len(encoded[2]) == 1
         and int(arrays["offsets"][-1]) == encoded[2][0]
         and bool(np.all(np.diff(arrays["offsets"]) > 0))
     )
     if not consistent:
         raise DatasetFormatError(f"{path}: shard arrays disagree on sample count, image size or offsets")
-    return _ShardInfo(path, count, arrays, encoded, mask_bits)
+    return _ShardInfo(path, count, arrays, encoded, mask_bits, full_mask_bits)
 
 
 def _stored_array_location(

@@ -142,6 +142,7 @@ def _render_shard(arguments: tuple[GenerationSpec, GenerationJob]) -> dict[str, 
         np.stack([s.t for s in scenes]),
         np.arange(first, first + len(scenes)),
         spec.lossless,
+        full_masks=[s.full_mask for s in scenes],
     )
     arrays.update(extra)
     name = job.file_name

@@ -8,6 +8,8 @@ DIR/synth_settings.json  the settings it is rendered with, written first: an int
 DIR/<split>-<nnnnn>.npz, one per shard, uncompressed zip of:
     encoded [bytes] uint8, offsets [n+1] int64     the RGB images as concatenated JPEG (q 95) or PNG files
     mask_bits [n, ceil(H*W/8)] uint8               visible-drone masks, np.packbits of [H,W] bool
+    full_mask_bits [n, ceil(H*W/8)] uint8          (datasets rendered since the silhouette head) the
+                                                   drone's whole silhouette, occluders ignored, packed
     keypoints [n,K,2] float32 pixels, visibility [n,K] bool, bbox [n,4] float32 (x0, y0, x1, y1)
     R [n,3,3] float64, t [n,3] float64            camera optical <- drone body, metres
     index [n] int64                                global sample index (its seed is (seed, index))
@@ -36,6 +38,7 @@ VERSION = 1
 INDEX_FILE = "dataset.json"
 SHARD_KEYS = ("encoded", "offsets", "mask_bits", "keypoints", "visibility", "bbox", "R", "t", "index")
 RIG_KEYS = ("cam_from_rig", "group", "view")
+FULL_MASK_KEY = "full_mask_bits"  # optional: shards rendered before it lack it
 
 
 class DatasetFormatError(UserError):
@@ -58,6 +61,7 @@ class Shard:
     cam_from_rig: np.ndarray | None = None
     group: np.ndarray | None = None
     view: np.ndarray | None = None
+    full_mask_bits: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -74,6 +78,14 @@ class Shard:
         """Visible-drone mask i as [H,W] bool."""
         return np.unpackbits(self.mask_bits[i], count=height * width).reshape(height, width).astype(bool)
 
+    def full_mask(self, i: int, height: int, width: int) -> np.ndarray | None:
+        """The drone's whole silhouette i (occluders ignored) as [H,W] bool; None for a shard rendered
+        before full masks were stored."""
+        if self.full_mask_bits is None:
+            return None
+        bits = self.full_mask_bits[i]
+        return np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
+
 
 def encode_shard(
     images: list[np.ndarray],
@@ -85,8 +97,10 @@ def encode_shard(
     t: np.ndarray,
     index: np.ndarray,
     lossless: bool = False,
+    full_masks: list[np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The arrays of a shard from per-sample images [H,W,3] uint8 RGB and masks [H,W] bool.
+    """The arrays of a shard from per-sample images [H,W,3] uint8 RGB, visible-drone masks and
+    (optionally) whole-silhouette full_masks [H,W] bool.
 
     Images are stored as JPEG quality 95 (its error is below the rendered sensor noise) or, with
     lossless, as PNG (slower and larger; figures in docs/experiments.md).
@@ -102,7 +116,7 @@ def encode_shard(
             raise RuntimeError(f"{suffix} encoding failed")
         blobs.append(encoded.ravel())
     offsets = np.concatenate(([0], np.cumsum([len(b) for b in blobs]))).astype(np.int64)
-    return {
+    arrays = {
         "encoded": np.concatenate(blobs) if blobs else np.zeros(0, np.uint8),
         "offsets": offsets,
         "mask_bits": np.stack([np.packbits(m.ravel()) for m in masks]),
@@ -113,6 +127,9 @@ def encode_shard(
         "t": t.astype(np.float64),
         "index": index.astype(np.int64),
     }
+    if full_masks is not None:
+        arrays[FULL_MASK_KEY] = np.stack([np.packbits(m.ravel()) for m in full_masks])
+    return arrays
 
 
 def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -133,7 +150,8 @@ def read_shard(path: Path) -> Shard:
                 raise DatasetFormatError(
                     f"{path}: shard has {', '.join(rig)} but not all of {', '.join(RIG_KEYS)}"
                 )
-            shard = Shard(**{key: data[key] for key in (*SHARD_KEYS, *rig)})
+            optional = [FULL_MASK_KEY] if FULL_MASK_KEY in data.files else []
+            shard = Shard(**{key: data[key] for key in (*SHARD_KEYS, *rig, *optional)})
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         if isinstance(error, DatasetFormatError):
             raise
@@ -141,7 +159,7 @@ def read_shard(path: Path) -> Shard:
     count = len(shard.index)
     if len(shard.offsets) != count + 1 or any(
         len(getattr(shard, key)) != count
-        for key in ("mask_bits", "keypoints", "visibility", "bbox", "R", "t", *RIG_KEYS)
+        for key in ("mask_bits", "keypoints", "visibility", "bbox", "R", "t", *RIG_KEYS, FULL_MASK_KEY)
         if getattr(shard, key) is not None
     ):
         raise DatasetFormatError(f"{path}: shard arrays disagree on the sample count")

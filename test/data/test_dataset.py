@@ -3,6 +3,8 @@ shards are skipped; determinism per (seed, epoch, index)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -202,6 +204,9 @@ def test_shard_dataset_matches_the_shards(dataset_root):
     expected = torch.from_numpy(shard.image(1)).permute(2, 0, 1).float() / 255
     torch.testing.assert_close(sample["image"], expected)
     assert torch.equal(sample["mask"], torch.from_numpy(shard.mask(1, 240, 320)))
+    assert data.has_full_mask
+    assert torch.equal(sample["full_mask"], torch.from_numpy(shard.full_mask(1, 240, 320)).float())
+    assert bool((sample["full_mask"] >= sample["mask"].float()).all())  # occluders hide only
     torch.testing.assert_close(sample["keypoints"], torch.from_numpy(shard.keypoints[1]))
     assert int(sample["index"]) == int(shard.index[1])
     with pytest.raises(IndexError):
@@ -251,5 +256,31 @@ def test_rendered_dataset_equals_the_written_one(dataset_root):
         assert int(a["index"]) == int(b["index"]) == i
         torch.testing.assert_close(a["keypoints"], b["keypoints"])
         assert torch.equal(a["mask"], b["mask"])
+        assert torch.equal(a["full_mask"], b["full_mask"])
         # JPEG storage: small per-pixel differences only
         assert (a["image"] - b["image"]).abs().mean() < 0.02
+
+
+def test_the_full_mask_moves_with_the_image_through_mirror_zoom_roll_and_crop():
+    """The mask head's target: an image whose red channel is the full mask stays equal to the
+    augmented full mask through every geometric step, so targets are registered to the pixels."""
+    sample = geometry_of()
+    scene = render_sample(spec(), 0)["scene"]
+    full = scene.full_mask.astype(np.float32)
+    image = np.repeat(full[..., None], 3, axis=2)
+    sample = GeometricSample(image, sample.mask, *dataclasses.astuple(sample)[2:7], full_mask=full)
+    config = dataclasses.replace(
+        AugmentConfig.none(),
+        rotation_deg=20.0,
+        scale=(0.8, 1.25),
+        shift_fraction=0.1,
+        zoom_probability=0.5,
+        mirror_probability=0.5,
+        mirror_permutation=tuple(mirror_permutation(load_drone("m2ed").keypoints)),
+        crop=(192, 160),
+    )
+    for seed in range(4):
+        out = augment(sample, np.random.default_rng(seed), config)
+        assert out.full_mask.shape == (160, 192)
+        np.testing.assert_allclose(out.full_mask, out.image[..., 0], atol=1e-6)
+        assert out.full_mask.sum() > 0.5 * full.sum()  # the drone stays in the window
