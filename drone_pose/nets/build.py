@@ -7,6 +7,8 @@ A configuration names the architecture and its fields, e.g.
     stages:
       - {modules: 1, blocks: [4, 4], channels: [48, 96]}
       - {modules: 4, blocks: [4, 4, 4], channels: [48, 96, 192]}
+A mapping may start from a preset and change some of its fields, e.g. a preset with the silhouette
+head (drone_pose.nets.mask_head): {preset: hrnet_lite, mask_head: true}.
 Unknown keys and wrong types fail with a message naming the key.
 """
 
@@ -88,6 +90,11 @@ def network_config(name_or_config: str | Path | dict[str, Any]) -> dict[str, Any
             raise NetworkConfigError(f"{path}: expected a mapping")
     else:
         raise NetworkConfigError(f"unknown network {name_or_config!r}; presets: {', '.join(PRESETS)}")
+    if "preset" in config:  # a preset with some fields changed
+        preset = config.pop("preset")
+        if not isinstance(preset, str) or preset not in PRESETS:
+            raise NetworkConfigError(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
+        config = {**PRESETS[preset], **config}
     _config_dataclass(config)  # validates
     return config
 
@@ -142,7 +149,8 @@ def preset_name(name_or_config: str | Path | dict[str, Any]) -> str | None:
 
 
 def build_network(name_or_config: str | Path | dict[str, Any]) -> nn.Module:
-    """A keypoint network: images [B,3,H,W] (normalised RGB) -> list of heatmaps, finest last."""
+    """A keypoint network: images [B,3,H,W] (normalised RGB) -> list of heatmaps, finest last (with
+    mask_head: true, the finest with the silhouette logits as its last channel)."""
     config = _config_dataclass(network_config(name_or_config))
     return HRNet(config) if isinstance(config, HRNetConfig) else StackedHourglass(config)
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from drone_pose.nets.mask_head import MaskHead
 
 
 @dataclass(frozen=True)
 class HourglassConfig:
-    """stacks: hourglasses in sequence; depth: downsamplings per hourglass; features: width."""
+    """stacks: hourglasses in sequence; depth: downsamplings per hourglass; features: width;
+    mask_head: add the silhouette head (drone_pose.nets.mask_head) on the last stack's features."""
 
     heatmaps: int = 9
     stacks: int = 2
     depth: int = 4
     features: int = 128
+    mask_head: bool = False
 
 
 class PreActResidual(nn.Module):
@@ -51,7 +56,8 @@ class Hourglass(nn.Module):
 
 
 class StackedHourglass(nn.Module):
-    """images [B,3,H,W] -> list of heatmaps [B,K,ceil(H/4),ceil(W/4)], one per stack (last = final)."""
+    """images [B,3,H,W] -> list of heatmaps [B,K,ceil(H/4),ceil(W/4)], one per stack (last = final);
+    with the mask head the last gains a last channel, the silhouette logits."""
 
     def __init__(self, config: HourglassConfig) -> None:
         super().__init__()
@@ -72,6 +78,7 @@ class StackedHourglass(nn.Module):
         self.merge_heatmaps = nn.ModuleList(
             nn.Conv2d(config.heatmaps, f, 1) for _ in range(config.stacks - 1)
         )
+        self.mask_head = MaskHead(f) if config.mask_head else None
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)
@@ -81,7 +88,9 @@ class StackedHourglass(nn.Module):
         ):
             y = features(hourglass(x))
             heatmaps = head(y)
-            outputs.append(heatmaps)
             if index < len(self.merge_features):
                 x = x + self.merge_features[index](y) + self.merge_heatmaps[index](heatmaps)
+            elif self.mask_head is not None:
+                heatmaps = torch.cat((heatmaps, self.mask_head(y).to(heatmaps.dtype)), dim=1)
+            outputs.append(heatmaps)
         return outputs

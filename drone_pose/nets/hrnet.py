@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from drone_pose.nets.blocks import BN_MOMENTUM, BasicBlock, Bottleneck, conv_bn, residual_stack
+from drone_pose.nets.mask_head import MaskHead
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,9 @@ class HRNetConfig:
     stem_channels: width after the two stride-2 stem convolutions; stem_blocks: Bottleneck units of
     stage 1; stages: stages 2.. ; heatmaps: keypoint heatmaps; tag_maps: associative-embedding maps
     predicted next to the 1/4 heatmaps (COCO bottom-up only); higher: add the HigherHRNet module;
-    deconv_blocks: BasicBlocks after the transposed convolution.
+    deconv_blocks: BasicBlocks after the transposed convolution; mask_head: add the silhouette head
+    (drone_pose.nets.mask_head) on the features of the finest heatmaps (the 1/4 branch, or the
+    HigherHRNet module's 1/2 features), its logits the finest output's last channel.
     """
 
     stages: tuple[StageConfig, ...]
@@ -48,6 +51,7 @@ class HRNetConfig:
     deconv_blocks: int = 4
     deconv_channels: int | None = None  # default: the width of the 1/4 branch
     final_kernel: int = 1
+    mask_head: bool = False
 
 
 class ExchangeUnit(nn.Module):
@@ -117,8 +121,9 @@ class HRNet(nn.Module):
     """HRNet / HigherHRNet heatmap network: images [B,3,H,W] -> heatmaps.
 
     forward returns a list of heatmap tensors, finest last: [B,K(+tags),H/4,W/4] and, with the
-    HigherHRNet module, [B,K,H/2,W/2]. Any H, W: the input is padded to a multiple of 32 and
-    outputs are cropped back.
+    HigherHRNet module, [B,K,H/2,W/2]; with the mask head the finest gains a last channel, the
+    silhouette logits. Any H, W: the input is padded to a multiple of 32 and outputs are cropped
+    back.
     """
 
     def __init__(self, config: HRNetConfig) -> None:
@@ -157,6 +162,9 @@ class HRNet(nn.Module):
             self.final_higher = nn.Conv2d(
                 deconv_channels, config.heatmaps, config.final_kernel, padding=config.final_kernel // 2
             )
+        self.mask_head: MaskHead | None = None
+        if config.mask_head:
+            self.mask_head = MaskHead((config.deconv_channels or width) if config.higher else width)
 
     def forward(self, images: Tensor) -> list[Tensor]:
         height, width = images.shape[-2:]
@@ -169,11 +177,20 @@ class HRNet(nn.Module):
             ]
             features = stage(inputs)
         quarter = self.final(features[0])
+        if self.deconv is None:
+            quarter = self._with_mask(quarter, features[0])
         outputs = [quarter[..., : _ceil_div(height, 4), : _ceil_div(width, 4)]]
         if self.deconv is not None:
-            half = self.final_higher(self.deconv(torch.cat((features[0], quarter), dim=1)))
+            refined = self.deconv(torch.cat((features[0], quarter), dim=1))
+            half = self._with_mask(self.final_higher(refined), refined)
             outputs.append(half[..., : _ceil_div(height, 2), : _ceil_div(width, 2)])
         return outputs
+
+    def _with_mask(self, heatmaps: Tensor, features: Tensor) -> Tensor:
+        """The finest heatmaps with the mask head's logits appended as the last channel (if any)."""
+        if self.mask_head is None:
+            return heatmaps
+        return torch.cat((heatmaps, self.mask_head(features).to(heatmaps.dtype)), dim=1)
 
 
 def _ceil_div(value: int, divisor: int) -> int:

@@ -127,15 +127,70 @@ def window_to_image(points: Tensor, windows: ZoomWindows, size: tuple[int, int])
     return centre[:, None, :] + (points - half) * scale[:, None, :]
 
 
+def locate_heatmaps(heatmaps: Tensor, image_width: int) -> tuple[Tensor, Tensor]:
+    """Decoded keypoints [N,K,2] (pixels of images `image_width` wide) and confidences [N,K] of
+    heatmaps [N,K,h,w]."""
+    xy, confidences = decode_heatmaps(heatmaps.float())
+    return heatmap_to_image(xy, image_width / heatmaps.shape[-1]), confidences
+
+
 def heatmap_locator(predict: Callable[[Tensor], Tensor]) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """locate() for zoom_refine from a heatmap predictor (images [N,3,H,W] in [0,1] -> [N,K,h,w])."""
 
     def locate(images: Tensor) -> tuple[Tensor, Tensor]:
-        heatmaps = predict(images)
-        xy, confidences = decode_heatmaps(heatmaps.float())
-        return heatmap_to_image(xy, images.shape[-1] / heatmaps.shape[-1]), confidences
+        return locate_heatmaps(predict(images), images.shape[-1])
 
     return locate
+
+
+@dataclass(frozen=True)
+class ZoomPlan:
+    """The second pass of a batch of B images: active [B] bool, the images it enlarges; index [M]
+    int64, their numbers; windows [M] (image px) and size (width, height) network px of their
+    windows; crops [M,3,H,W], the windows sampled (the network's second-pass input)."""
+
+    active: Tensor
+    index: Tensor
+    windows: ZoomWindows
+    size: tuple[int, int]
+    crops: Tensor
+
+
+def plan_zoom(
+    images: Tensor,
+    network_images: Tensor,
+    keypoints: Tensor,
+    confidences: Tensor,
+    min_confidence: float,
+    settings: ZoomSettings,
+) -> ZoomPlan:
+    """The windows of the second pass and their crops (arguments as zoom_refine's)."""
+    height, width = network_images.shape[-2:]
+    image_to_network = (width / images.shape[-1], height / images.shape[-2])
+    window = settings.window or (width, height)
+    windows = zoom_windows(keypoints, confidences >= min_confidence, image_to_network, settings)
+    index = windows.active.nonzero().squeeze(-1)
+    chosen = ZoomWindows(windows.centre[index], windows.scale[index], windows.active[index])
+    if index.numel() == 0:
+        crops = network_images.new_zeros((0, network_images.shape[1], window[1], window[0]))
+    elif bool((chosen.scale > 1.0).any()):  # the window would shrink the original: sample the resized one
+        ratio = chosen.centre.new_tensor(image_to_network)
+        on_network = ZoomWindows((chosen.centre + 0.5) * ratio - 0.5, chosen.scale * ratio, chosen.active)
+        crops = crop_windows(network_images[index], on_network, window)
+    else:
+        crops = crop_windows(images[index], chosen, window)
+    return ZoomPlan(windows.active, index, chosen, window, crops)
+
+
+def merge_zoomed(
+    plan: ZoomPlan, keypoints: Tensor, confidences: Tensor, window_points: Tensor, window_confidences: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The first pass's keypoints [B,K,2] image px and confidences [B,K] with those of the planned
+    windows (window_points [M,K,2] window px, window_confidences [M,K]) in their place."""
+    keypoints, confidences = keypoints.clone(), confidences.clone()
+    keypoints[plan.index] = window_to_image(window_points.to(keypoints.dtype), plan.windows, plan.size)
+    confidences[plan.index] = window_confidences.to(confidences.dtype)
+    return keypoints, confidences
 
 
 def zoom_refine(
@@ -155,22 +210,9 @@ def zoom_refine(
     shrink the original, which bilinear sampling would alias); keypoints [B,K,2] and confidences
     [B,K] of the first pass, all on one device. Only zoomed images run the network again.
     """
-    height, width = network_images.shape[-2:]
-    image_to_network = (width / images.shape[-1], height / images.shape[-2])
-    window = settings.window or (width, height)
-    windows = zoom_windows(keypoints, confidences >= min_confidence, image_to_network, settings)
-    index = windows.active.nonzero().squeeze(-1)
-    if index.numel() == 0:
-        return keypoints, confidences, windows.active
-    chosen = ZoomWindows(windows.centre[index], windows.scale[index], windows.active[index])
-    if bool((chosen.scale > 1.0).any()):  # the window would shrink the original: sample the resized one
-        ratio = chosen.centre.new_tensor(image_to_network)
-        on_network = ZoomWindows((chosen.centre + 0.5) * ratio - 0.5, chosen.scale * ratio, chosen.active)
-        crops = crop_windows(network_images[index], on_network, window)
-    else:
-        crops = crop_windows(images[index], chosen, window)
-    window_points, window_confidences = locate(crops)
-    keypoints, confidences = keypoints.clone(), confidences.clone()
-    keypoints[index] = window_to_image(window_points.to(keypoints.dtype), chosen, window)
-    confidences[index] = window_confidences.to(confidences.dtype)
-    return keypoints, confidences, windows.active
+    plan = plan_zoom(images, network_images, keypoints, confidences, min_confidence, settings)
+    if plan.index.numel() == 0:
+        return keypoints, confidences, plan.active
+    window_points, window_confidences = locate(plan.crops)
+    keypoints, confidences = merge_zoomed(plan, keypoints, confidences, window_points, window_confidences)
+    return keypoints, confidences, plan.active

@@ -2,7 +2,9 @@
 
 A grid of `width` x `height` pixels is placed by the image position of its first pixel centre and
 its pixel size: grid pixel (column c, row r) has its centre at image pixel
-origin + pixel_size * (c, r). Pixel centres are at integer coordinates in both grids, as in
+origin + pixel_size * (c, r). The pixel size is one number per grid, or one per axis (x, y) for a
+grid stretched differently along x and y (a heatmap of an image resized anisotropically). Pixel
+centres are at integer coordinates in both grids, as in
 drone_pose.data.rasterize and drone_pose.nets.heatmap_codec (a heatmap at stride s is the grid
 with origin (s - 1) / 2 and pixel_size s).
 """
@@ -20,7 +22,8 @@ from torch import Tensor
 @dataclass(frozen=True)
 class ImageWindow:
     """B grids of height x width pixels: origin [B,2] image px (x, y) of pixel (0, 0)'s centre,
-    pixel_size [B] image px per grid pixel (> 0)."""
+    pixel_size [B] image px per grid pixel (> 0), or [B,2] image px per grid pixel along x and y
+    (pixel_size_xy gives [B,2] either way)."""
 
     origin: Tensor
     pixel_size: Tensor
@@ -38,32 +41,45 @@ class ImageWindow:
         return cls(origin, pixel_size, resolution, resolution)
 
     @classmethod
-    def heatmap(cls, batch: int, width: int, height: int, stride: float, device=None) -> ImageWindow:
-        """The grid of heatmaps at 1/stride of the image resolution (heatmap_codec's convention)."""
+    def heatmap(
+        cls, batch: int, width: int, height: int, stride: float | tuple[float, float], device=None
+    ) -> ImageWindow:
+        """The grid of heatmaps at 1/stride of the image resolution (heatmap_codec's convention);
+        stride (x, y) for different strides along x and y."""
+        if isinstance(stride, tuple):
+            step = torch.tensor([float(stride[0]), float(stride[1])], device=device).expand(batch, 2)
+            return cls(0.5 * (step - 1.0), step.clone(), width, height)
         origin = torch.full((batch, 2), 0.5 * (stride - 1.0), device=device)
         return cls(origin, torch.full((batch,), float(stride), device=device), width, height)
+
+    @property
+    def pixel_size_xy(self) -> Tensor:
+        """Image px per grid pixel along x and y [B,2]."""
+        if self.pixel_size.dim() == 2:
+            return self.pixel_size
+        return self.pixel_size[:, None].expand(-1, 2)
 
     def intrinsics(self, K: Tensor) -> Tensor:
         """Intrinsics [B,3,3] of the window for image intrinsics K [B,3,3] (or [3,3]): a camera
         point projects to window pixels (image px - origin) / pixel_size."""
         K = K.expand(self.origin.shape[0], 3, 3)
-        scale = 1.0 / self.pixel_size.to(K.dtype)
+        scale = 1.0 / self.pixel_size_xy.to(K.dtype)
         to_window = torch.zeros_like(K)
-        to_window[:, 0, 0] = scale
-        to_window[:, 1, 1] = scale
-        to_window[:, :2, 2] = -self.origin.to(K.dtype) * scale[:, None]
+        to_window[:, 0, 0] = scale[:, 0]
+        to_window[:, 1, 1] = scale[:, 1]
+        to_window[:, :2, 2] = -self.origin.to(K.dtype) * scale
         to_window[:, 2, 2] = 1.0
         return to_window @ K
 
     def to_image(self, grid_xy: Tensor) -> Tensor:
         """Grid pixel coordinates [B,...,2] -> image pixels [B,...,2]."""
         shape = (-1, *(1,) * (grid_xy.dim() - 2), 2)
-        return self.origin.view(shape) + self.pixel_size.view((*shape[:-1], 1)) * grid_xy
+        return self.origin.view(shape) + self.pixel_size_xy.reshape(shape) * grid_xy
 
     def from_image(self, image_xy: Tensor) -> Tensor:
         """Image pixels [B,...,2] -> grid pixel coordinates [B,...,2]."""
         shape = (-1, *(1,) * (image_xy.dim() - 2), 2)
-        return (image_xy - self.origin.view(shape)) / self.pixel_size.view((*shape[:-1], 1))
+        return (image_xy - self.origin.view(shape)) / self.pixel_size_xy.reshape(shape)
 
     def pixel_centres(self) -> Tensor:
         """Image coordinates [B,height,width,2] of the grid's pixel centres."""
@@ -86,12 +102,12 @@ class SilhouetteMap:
         Where a window pixel spans several map pixels, the map is averaged over up to
         max_samples x max_samples bilinear samples inside it (area averaging, no aliasing).
         """
-        ratio = float((window.pixel_size / self.grid.pixel_size.to(window.pixel_size)).amax())
+        ratio = float((window.pixel_size_xy / self.grid.pixel_size_xy.to(window.pixel_size)).amax())
         samples = max(1, min(max_samples, math.ceil(ratio - 1e-6)))
         if samples > 1:
             sub_size = window.pixel_size / samples
             fine = ImageWindow(
-                window.origin - 0.5 * (window.pixel_size - sub_size)[:, None],
+                window.origin - 0.5 * (window.pixel_size_xy - window.pixel_size_xy / samples),
                 sub_size,
                 window.width * samples,
                 window.height * samples,
