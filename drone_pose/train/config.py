@@ -22,7 +22,7 @@ from drone_pose.nets.flip import FLIP_TEST_MODES
 HEATMAP_LOSSES = ("l1", "mse", "kl")
 LOSS_KINDS = ("heatmap", "mixture", "pose")
 PNP_LAYERS = ("bpnp_exact", "bpnp_gauss_newton", "epnp")
-METRICS = ("ACC5", "ADD5", "ACC2", "ADD2", "Proj5", "Proj2", "keypoint_px")
+METRICS = ("ACC5", "ADD5", "ACC2", "ADD2", "Proj5", "Proj2", "keypoint_px", "mask_IoU")
 
 
 class ConfigError(UserError):
@@ -94,6 +94,18 @@ class SWAConfig:
 
 
 @dataclass(frozen=True)
+class MaskConfig:
+    """The silhouette head of a network with mask_head: true (drone_pose.nets.mask_head). weight:
+    of its loss, binary cross-entropy between its logits and the sample's full mask area-averaged
+    to the heatmap grid; head_only: train the head alone, everything else frozen (weights and
+    BatchNorm statistics), so that a checkpoint given as init keeps its keypoint heatmaps bit for
+    bit (the heatmap and pose losses are then not computed)."""
+
+    weight: float = 1.0
+    head_only: bool = False
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One experiment. network: a preset name (drone_pose.nets.build.PRESETS) or a config mapping."""
 
@@ -105,6 +117,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     zoom: ZoomConfig = field(default_factory=ZoomConfig)
     swa: SWAConfig = field(default_factory=SWAConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
     seed: int = 1989
     epochs: int = 44
     batch_size: int = 24
@@ -188,6 +201,13 @@ def validate(config: TrainConfig) -> None:
             "off or all when the run does not train for the second pass (zoom.probability 0)",
         ),
         ("swa.bn_batches", config.swa.bn_batches is None or config.swa.bn_batches >= 1, "at least 1"),
+        ("mask.weight", config.mask.weight >= 0, "non-negative"),
+        ("mask.head_only", not config.mask.head_only or config.init is not None, "false without init"),
+        (
+            "mask.head_only",
+            not config.mask.head_only or config.swa.start_epoch == 0,
+            "false with swa (recomputing the averaged BatchNorm statistics would change the frozen layers)",
+        ),
     ]
     for key, ok, expected in checks:
         if not ok:

@@ -18,8 +18,9 @@ from drone_pose.nets.heatmap_codec import (
     centre_of_mass_keypoints,
     gaussian_targets,
 )
+from drone_pose.nets.mask_head import freeze_all_but_mask_head, has_mask_head, mask_logits
 from drone_pose.train.config import TrainConfig
-from drone_pose.train.losses import heatmap_loss, pose_losses
+from drone_pose.train.losses import heatmap_loss, mask_loss, pose_losses
 from drone_pose.train.preparation import TrainingRun
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ def train_epoch(
     config = run.config
     loader = epoch_loader(run, epoch)
     run.model.train()
+    if config.mask.head_only:  # train() woke the frozen BatchNorm layers: back to their statistics
+        freeze_all_but_mask_head(run.predictor.network)
+    masked = has_mask_head(run.predictor.network)
     phase = loss_phase(config, epoch)
     x3d = torch.tensor(run.drone.keypoints, dtype=torch.float64, device=run.device)
     totals: dict[str, float] = {}
@@ -92,7 +96,8 @@ def train_epoch(
         # them all, e.g. the centroid, which the body always hides
         visibility = keypoints_in_image(keypoints, images.shape[-1], images.shape[-2])
         K = batch["K"].to(run.device)
-        step = training_step(run, scaler, images, keypoints, visibility, K, x3d, phase)
+        full_mask = batch["full_mask"].to(run.device) if masked else None
+        step = training_step(run, scaler, images, keypoints, visibility, K, x3d, phase, full_mask)
         if step.skipped:
             skipped += 1  # never let a NaN or inf reach the weights
             log.warning("epoch %d: non-finite loss %s, step skipped", epoch + 1, float(step.loss))
@@ -134,15 +139,19 @@ def training_step(
     K: Tensor,
     x3d: Tensor,
     phase: str,
+    full_mask: Tensor | None = None,
 ) -> StepResult:
     """One optimiser step of the run's model on a batch: images [B,3,H,W] in [0, 1] (channels_last
     when the run trains so), keypoints [B,K,2] px with visibility [B,K], K [B,3,3], model keypoints
-    x3d [K,3] metres, all on the run's device. A non-finite loss skips the update (no weight sees
-    a NaN). Times are synchronised with the device."""
+    x3d [K,3] metres, full_mask [B,H,W] in [0, 1] (the mask head's target; None without one), all
+    on the run's device. A non-finite loss skips the update (no weight sees a NaN). Times are
+    synchronised with the device."""
     t0 = time.perf_counter()
     with training_autocast(run):
         outputs = run.model(images)
-    loss, parts = training_loss(run, outputs, keypoints, visibility, K, x3d, images.shape[-1], phase)
+    loss, parts = training_loss(
+        run, outputs, keypoints, visibility, K, x3d, images.shape[-1], phase, full_mask
+    )
     synchronize(run.device)
     t1 = time.perf_counter()
     run.optimizer.zero_grad(set_to_none=True)
@@ -167,14 +176,22 @@ def training_loss(
     x3d: Tensor,
     image_width: int,
     phase: str,
+    full_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The loss of `phase` for the raw network outputs (every resolution) and its terms: l_h over
     every output resolution, and/or the pose loss on the centre-of-mass keypoints through the
-    config's PnP layer (l_proj + l_reg, or beta l_proj in the mixture)."""
+    config's PnP layer (l_proj + l_reg, or beta l_proj in the mixture); plus, with the silhouette
+    head and full_mask [B,H,W], mask.weight x l_mask. With mask.head_only only l_mask."""
     config = run.config
     maps = [o[:, : run.drone.num_keypoints].float() for o in outputs]
     parts: dict[str, float] = {}
     total = maps[0].new_zeros(())
+    if full_mask is not None:
+        l_mask = mask_loss(mask_logits(outputs), full_mask)
+        parts["l_mask"] = float(l_mask.detach())
+        total = total + config.mask.weight * l_mask
+        if config.mask.head_only:  # the keypoint layers are frozen: their losses would train nothing
+            return total, parts
     if phase in ("heatmap", "mixture"):
         l_h = maps[0].new_zeros(())
         for heatmaps in maps:  # multi-resolution supervision (HigherHRNet)

@@ -1,4 +1,5 @@
-"""Training losses: the heatmap loss l_h and the PnP pose losses l_proj / l_reg.
+"""Training losses: the heatmap loss l_h, the PnP pose losses l_proj / l_reg and the silhouette
+head's l_mask.
 
 Targets and the differentiable keypoints the pose losses use (centre of mass of each heatmap) are
 the heatmap codec's (drone_pose.nets.heatmap_codec).
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from drone_pose.nets.silhouette import mask_targets
 from drone_pose.pnp import epnp, pnp_layer, projection_loss, regression_loss
 
 
@@ -37,6 +39,14 @@ def heatmap_loss(
     else:
         raise ValueError(f"unknown heatmap loss {kind!r}")
     return (per_map * weight).sum() / count
+
+
+def mask_loss(logits: Tensor, full_mask: Tensor) -> Tensor:
+    """l_mask []: binary cross-entropy of silhouette logits [B,h,w] against the full masks [B,H,W]
+    in [0, 1] area-averaged to the heatmap grid (soft targets; drone_pose.nets.silhouette), mean
+    over pixels."""
+    target = mask_targets(full_mask, logits.shape[-2:])
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 
 def pose_from_keypoints(x2d: Tensor, x3d: Tensor, K: Tensor, layer: str) -> tuple[Tensor, Tensor, Tensor]:

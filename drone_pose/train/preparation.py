@@ -1,6 +1,6 @@
 """A training run set up: datasets and their augmentation, network (fresh, or started from a
-checkpoint: same network, an added HigherHRNet module, or widened), optimiser, device and the
-process group under torchrun."""
+checkpoint: same network, an added HigherHRNet module or silhouette head, or widened), optimiser,
+device and the process group under torchrun."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from drone_pose.inference.checkpoint import (
 )
 from drone_pose.nets.build import build_network, network_config
 from drone_pose.nets.flip import mirror_permutation, validate_flip_test
+from drone_pose.nets.mask_head import MASK_HEAD_PREFIX, freeze_all_but_mask_head, has_mask_head
 from drone_pose.nets.predictor import HeatmapPredictor
 from drone_pose.nets.widen import is_widening, widen_state_dict
 from drone_pose.nets.zoom import ZoomSettings
@@ -71,12 +72,24 @@ class TrainingRun:
 HIGHER_MODULE_KEYS = ("higher", "deconv_blocks", "deconv_channels")
 
 
+def adds_mask_head(network_spec: str | dict[str, Any], checkpoint_network: dict[str, Any]) -> bool:
+    """Whether the run's network has the silhouette head and the checkpoint's has not."""
+    return bool(plain_network_config(network_spec).get("mask_head")) and not checkpoint_network.get(
+        "mask_head"
+    )
+
+
 def initial_weights_fit(network_spec: str | dict[str, Any], checkpoint_network: dict[str, Any]) -> bool:
     """Whether a checkpoint of `checkpoint_network` can start a run of `network_spec`: the same
-    network, that network with a HigherHRNet module of any size added (which then starts
-    untrained), or a wider HRNet of the same layout (widened so that it starts computing the same
-    heatmaps, drone_pose.nets.widen)."""
+    network, that network with a HigherHRNet module of any size or the silhouette head added (which
+    then start untrained), or a wider HRNet of the same layout (widened so that it starts computing
+    the same heatmaps, drone_pose.nets.widen)."""
     wanted = plain_network_config(network_spec)
+    if adds_mask_head(wanted, checkpoint_network):
+        wanted = {key: value for key, value in wanted.items() if key != "mask_head"}
+        checkpoint_network = {key: value for key, value in checkpoint_network.items() if key != "mask_head"}
+        if is_widening(checkpoint_network, wanted):  # widening does not add layers
+            return False
     if wanted == checkpoint_network or is_widening(checkpoint_network, wanted):
         return True
 
@@ -97,12 +110,17 @@ def load_initial_weights(network: nn.Module, config: TrainConfig) -> None:
         network.load_state_dict(widen_state_dict(trained, network, seed=config.seed))
         log.info("init: %s widened to the config's channel widths", config.init)
         return
+    wanted = plain_network_config(config.network)
+    if wanted.get("higher") and not initial["network"].get("higher"):  # the head moves to new features
+        trained = {key: value for key, value in trained.items() if not key.startswith(MASK_HEAD_PREFIX)}
     result = network.load_state_dict(trained, strict=False)
-    fresh = [key for key in result.missing_keys if not key.startswith(("deconv.", "final_higher."))]
+    new_modules = ("deconv.", "final_higher.", MASK_HEAD_PREFIX)
+    fresh = [key for key in result.missing_keys if not key.startswith(new_modules)]
     if fresh or result.unexpected_keys:
         raise ValueError(f"init: {config.init} does not fit the network ({fresh or result.unexpected_keys})")
     if result.missing_keys:
-        log.info("init: %s loaded; the HigherHRNet module starts untrained", config.init)
+        added = sorted({key.split(".")[0] for key in result.missing_keys})
+        log.info("init: %s loaded; %s start untrained", config.init, ", ".join(added))
 
 
 def prepare(config: TrainConfig) -> TrainingRun:
@@ -124,8 +142,11 @@ def prepare(config: TrainConfig) -> TrainingRun:
     train_data, val_data, drone, image_size = build_datasets(config)
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     network = build_network(config.network)
+    check_mask_head(config, network, train_data)
     if config.init is not None:
         load_initial_weights(network, config)
+    if config.mask.head_only:
+        freeze_all_but_mask_head(network)
     if network_heatmaps(config) != drone.num_keypoints:
         raise ValueError(
             f"network predicts {network_heatmaps(config)} heatmaps; {drone.name} has "
@@ -144,7 +165,7 @@ def prepare(config: TrainConfig) -> TrainingRun:
             model, device_ids=[device] if device.type == "cuda" else None
         )
     optimizer = torch.optim.Adam(
-        predictor.parameters(),
+        [parameter for parameter in predictor.parameters() if parameter.requires_grad],
         lr=config.optim.lr,
         betas=config.optim.betas,
         weight_decay=config.optim.weight_decay,
@@ -164,6 +185,27 @@ def prepare(config: TrainConfig) -> TrainingRun:
         world,
         averaged,
     )
+
+
+def check_mask_head(config: TrainConfig, network: nn.Module, train_data: Dataset) -> None:
+    """ConfigError for settings that need the silhouette head on a network without it, or for a mask
+    head trained on synthetic data without whole-silhouette masks (rendered before they were stored)."""
+    if not has_mask_head(network):
+        for key, needed in (
+            ("mask.head_only", config.mask.head_only),
+            ("metric", config.metric == "mask_IoU"),
+        ):
+            if needed:
+                raise ConfigError(f"{key}: the network has no silhouette head (network mask_head: true)")
+        return
+    base = train_data.dataset if isinstance(train_data, Subset) else train_data
+    if isinstance(base, ShardDataset) and not base.has_full_mask and config.mask.weight > 0:
+        raise ConfigError(
+            f"data.path: {base.root} holds no full masks (the mask head's target; rendered before they "
+            "were stored): render it again with drone-pose synth"
+        )
+    if not getattr(base, "has_full_mask", False) and config.mask.weight > 0:
+        log.warning("the training data has no full masks: the mask head learns the visible silhouettes")
 
 
 def network_heatmaps(config: TrainConfig) -> int:

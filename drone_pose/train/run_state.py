@@ -20,7 +20,9 @@ from drone_pose.atomic_files import atomic_open
 from drone_pose.errors import UserError
 from drone_pose.geometry.pose_covariance import CovarianceScales
 from drone_pose.inference.checkpoint import (
+    load_checkpoint,
     make_checkpoint,
+    plain_network_config,
     save_checkpoint,
     write_torch,
 )
@@ -161,8 +163,14 @@ def save_run_checkpoint(
     run: TrainingRun, network: nn.Module, row: dict[str, Any], path: Path, swa: dict[str, int] | None = None
 ) -> None:
     """`network` as a drone_pose checkpoint at `path`, with the validation figures of `row` (an
-    epoch's metrics.csv row) and, for an SWA average, the epochs it averages."""
+    epoch's metrics.csv row) and, for an SWA average, the epochs it averages. A mask.head_only run
+    changed nothing but the silhouette head: its checkpoint is the init checkpoint (description,
+    input settings, covariance scales, figures) with the new weights and network, and the head's
+    training under training.mask_head."""
     config = run.config
+    if config.mask.head_only:
+        save_checkpoint(head_only_checkpoint(run, network, row), path)
+        return
     training = {
         "experiment": config.name,
         "epoch": row["epoch"],
@@ -176,7 +184,11 @@ def save_run_checkpoint(
     metrics = {
         k: v
         for k, v in row.items()
-        if k in ("NPE", "AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5", "count", "keypoint_px")
+        if k
+        in (
+            *("NPE", "AD", "ACC2", "ACC5", "ADD2", "ADD5", "Proj2", "Proj5", "count", "keypoint_px"),
+            *MASK_METRICS,
+        )
     }
     checkpoint = make_checkpoint(
         network,
@@ -195,6 +207,32 @@ def save_run_checkpoint(
         ),
     )
     save_checkpoint(checkpoint, path)
+
+
+MASK_METRICS = ("mask_IoU", "mask_soft_IoU")
+
+
+def head_only_checkpoint(run: TrainingRun, network: nn.Module, row: dict[str, Any]) -> dict[str, Any]:
+    """The init checkpoint with `network`'s weights and the run's network configuration (its
+    silhouette head added), and training.mask_head: the head's run, epoch, data, mask settings,
+    step timings and validation silhouette IoU (row: an epoch's metrics.csv row)."""
+    config = run.config
+    checkpoint = load_checkpoint(config.init)
+    checkpoint["network"] = plain_network_config(config.network)
+    checkpoint["state_dict"] = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    checkpoint["training"] = {
+        **checkpoint.get("training", {}),
+        "mask_head": {
+            "experiment": config.name,
+            "epoch": row["epoch"],
+            "data": config.data.path or config.data.uava_root,
+            "mask": config_to_dict(config)["mask"],
+            "device": str(run.device),
+            "timings_ms": {k: row[k] for k in ("forward_ms", "backward_ms", "optimiser_step_ms")},
+            "validation": {k: row[k] for k in MASK_METRICS if k in row},
+        },
+    }
+    return checkpoint
 
 
 def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -16,7 +16,7 @@ from drone_pose.data.generate import generate_dataset
 from drone_pose.drones import load_drone
 from drone_pose.evaluation.model_card import card_training_record, training_record, write_model_card
 from drone_pose.geometry.pose_covariance import CovarianceScales
-from drone_pose.inference.checkpoint import load_checkpoint, network_from_checkpoint
+from drone_pose.inference.checkpoint import load_checkpoint, network_from_checkpoint, save_checkpoint
 from drone_pose.inference.estimator import PoseEstimator
 from drone_pose.nets.build import build_network
 from drone_pose.nets.zoom import ZoomSettings
@@ -273,6 +273,45 @@ def test_init_starts_a_higher_hrnet_from_the_plain_hrnet_checkpoint(tiny_data, t
     assert not initial_weights_fit(
         {**TINY_NET, "higher": True, "deconv_blocks": 2}, {**TINY_NET, "higher": True}
     )
+
+
+def test_a_head_only_run_adds_the_silhouette_head_and_keeps_every_heatmap_bit_for_bit(tiny_data, tmp_path):
+    """mask.head_only from a checkpoint without the head: the head learns (its loss falls), nothing
+    else changes (weights, BatchNorm statistics, heatmaps), and best.pt is the init checkpoint's
+    description with the head added and its training recorded."""
+    start = tiny_checkpoint(tmp_path / "old.pt", (128, 96))
+    checkpoint = load_checkpoint(start)
+    checkpoint["pose_covariance"] = {"translation": 2.0, "rotation": 3.0, "samples": 7}
+    start = save_checkpoint(checkpoint, start)
+    masked = json.dumps({**TINY_NET, "mask_head": True})
+    overrides = (f"network={masked}", f"init={start}", "mask.head_only=true", "metric=mask_IoU")
+    summary = train(
+        config(tiny_data, tmp_path, "head", *overrides, "epochs=3", "optim.lr=3e-3"), progress=False
+    )
+    l_mask = [row["l_mask"] for row in summary["history"]]
+    assert l_mask[-1] < l_mask[0]
+    assert all(math.isfinite(row["mask_IoU"]) for row in summary["history"])
+    assert "l_h" not in summary["history"][0]
+    best = load_checkpoint(tmp_path / "head" / "best.pt")
+    assert best["network"]["mask_head"] is True
+    assert best["pose_covariance"] == checkpoint["pose_covariance"]
+    assert best["training"]["mask_head"]["mask"] == {"weight": 1.0, "head_only": True}
+    assert "mask_IoU" in best["training"]["mask_head"]["validation"]
+    for name, value in checkpoint["state_dict"].items():
+        assert torch.equal(best["state_dict"][name], value), name
+    old = PoseEstimator.from_checkpoint(start, device="cpu", warm_up=False)
+    new = PoseEstimator.from_checkpoint(tmp_path / "head" / "best.pt", device="cpu", warm_up=False)
+    images = np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3), dtype=np.uint8)
+    K = np.array([[120.0, 0.0, 64.0], [0.0, 120.0, 48.0], [0.0, 0.0, 1.0]])
+    before, after = old.estimate(images, K), new.estimate(images, K)
+    assert torch.equal(before.keypoints, after.keypoints)
+    assert torch.equal(before.confidences, after.confidences)
+    assert before.silhouette is None
+    assert after.silhouette.probability.shape == (2, 24, 32)
+    with pytest.raises(ConfigError, match=r"mask\.head_only: the network has no silhouette head"):
+        prepare(config(tiny_data, tmp_path, "plain", f"init={start}", "mask.head_only=true"))
+    with pytest.raises(ConfigError, match=r"mask\.head_only must be false without init"):
+        config(tiny_data, tmp_path, "no_init", f"network={masked}", "mask.head_only=true")
 
 
 def test_init_widens_a_narrower_hrnet_checkpoint_to_the_configs_widths(tiny_data, tmp_path):
