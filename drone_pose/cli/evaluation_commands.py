@@ -229,7 +229,12 @@ def _add_keypoint_budget(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_model_card(args: argparse.Namespace) -> int:
-    from drone_pose.evaluation.model_card import card_training_record, training_record, write_model_card
+    from drone_pose.evaluation.model_card import (
+        card_training_record,
+        silhouette_training_record,
+        training_record,
+        write_model_card,
+    )
 
     if (args.run_dir is None) == (args.training_from_card is None):
         print("drone-pose model-card: give exactly one of --run-dir or --training-from-card", file=sys.stderr)
@@ -243,8 +248,20 @@ def _cmd_model_card(args: argparse.Namespace) -> int:
     if not command:
         print("drone-pose model-card: --data-command is required", file=sys.stderr)
         return 2
+    silhouette = None
+    if args.silhouette_run_dir is not None:
+        silhouette = silhouette_training_record(
+            args.silhouette_run_dir, args.silhouette_data_command or command, args.silhouette_note
+        )
     figures = write_model_card(
-        args.checkpoint, training, args.heldout, args.out, command, args.heldout_command, note=note
+        args.checkpoint,
+        training,
+        args.heldout,
+        args.out,
+        command,
+        args.heldout_command,
+        note=note,
+        silhouette_training=silhouette,
     )
     print(json.dumps(figures["heldout"], indent=2))
     return 0
@@ -264,6 +281,16 @@ def _add_model_card(commands: argparse._SubParsersAction) -> None:
     card.add_argument("--data-command", help="how the training data was rendered (required with --run-dir)")
     card.add_argument("--heldout-command", required=True, help="how the held-out set was rendered")
     card.add_argument("--note", help="free text for the card (e.g. how a multi-stage run was made)")
+    card.add_argument(
+        "--silhouette-run-dir",
+        help="a checkpoint with the silhouette head: the head's training run folder (default: the "
+        "earlier card's record with --training-from-card)",
+    )
+    card.add_argument(
+        "--silhouette-data-command",
+        help="how the head's training data was rendered (default: --data-command)",
+    )
+    card.add_argument("--silhouette-note", help="free text on the head's training (e.g. its wall time)")
     card.set_defaults(run=_cmd_model_card)
 
 

@@ -4,6 +4,8 @@ The card records what a user needs to trust and reproduce the model: the trainin
 and data, the epochs and time it took on which hardware, the validation curve, the papers' metric
 table on a held-out synthetic test set rendered with a seed not used in training (plus the figure
 for its first `check_samples` images, which the test suite reproduces), and inference timings.
+A checkpoint with the silhouette head (drone_pose.nets.mask_head) also gets its silhouettes' IoU on
+that set and the head's training (silhouette_training_record).
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def training_record(run_dir: str | Path) -> dict[str, Any]:
 
 def card_training_record(card: str | Path) -> dict[str, Any]:
     """The same record from an earlier model card's JSON (to re-card a shipped checkpoint whose run
-    folder is gone, e.g. after changing its inference settings), plus its data command and note."""
+    folder is gone, e.g. after changing its inference settings), plus its data command and note,
+    and its silhouette head's training record (None when it has none)."""
     figures = json.loads(Path(card).read_text())
     training = figures.get("training", {})
     keys = ("config", "epochs_run", "seconds_per_step", "validation_curve")
@@ -88,6 +91,26 @@ def card_training_record(card: str | Path) -> dict[str, Any]:
         **{key: training[key] for key in keys},
         "command": training.get("command"),
         "note": figures.get("note"),
+        "silhouette": (figures.get("silhouette") or {}).get("training"),
+    }
+
+
+def silhouette_training_record(
+    run_dir: str | Path, data_command: str, note: str | None = None
+) -> dict[str, Any]:
+    """What a card says about a silhouette head's training run (config.yaml, metrics.csv): config,
+    epochs_run, seconds_per_step, the validation curve of its silhouette IoU, the data command and a
+    free-text note (e.g. the wall time)."""
+    run_dir = Path(run_dir)
+    curve = _validation_curve(run_dir)
+    columns = ("epoch", "train_loss", "mask_IoU", "mask_soft_IoU")
+    return {
+        "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+        "epochs_run": len(curve),
+        "seconds_per_step": _step_seconds(curve),
+        "validation_curve": [{key: float(row[key]) for key in columns if row.get(key)} for row in curve],
+        "command": data_command,
+        "note": note,
     }
 
 
@@ -100,9 +123,12 @@ def write_model_card(
     heldout_command: str,
     check_samples: int = 200,
     note: str | None = None,
+    silhouette_training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Copy `checkpoint` to out_stem.pt and write out_stem.md / out_stem.json; returns the figures.
-    training: training_record() of its run folder or card_training_record() of an earlier card."""
+    training: training_record() of its run folder or card_training_record() of an earlier card;
+    silhouette_training: for a checkpoint with the silhouette head, silhouette_training_record() of
+    the head's run (default: training["silhouette"], an earlier card's)."""
     out_stem = Path(out_stem)
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     shipped = out_stem.with_suffix(".pt")
@@ -131,7 +157,7 @@ def write_model_card(
     figures = {
         "checkpoint": shipped.name,
         "drone": drone,
-        "network": _network_name(config["network"]),
+        "network": _shipped_network_name(description["network"], config["network"]),
         "parameters_m": round(sum(v.numel() for v in description["state_dict"].values()) / 1e6, 3),
         "heldout": {
             "command": heldout_command,
@@ -165,6 +191,13 @@ def write_model_card(
         "evaluation_seconds": round(time.perf_counter() - started, 1),
         "note": note,
     }
+    if "silhouette" in full:
+        figures["silhouette"] = {
+            "heldout": full["silhouette"],
+            "heldout_one_pass": None if one_pass is None else one_pass.get("silhouette"),
+            "check": check.get("silhouette"),
+            "training": silhouette_training or training.get("silhouette"),
+        }
     write_text(out_stem.with_suffix(".json"), json.dumps(figures, indent=2) + "\n")
     table = full["table"]
     if one_pass is not None or no_flip is not None:
@@ -185,6 +218,15 @@ def _network_name(network: str | dict[str, Any]) -> str:
     if name is not None:
         return name
     return network if isinstance(network, str) else f"custom {network['architecture']}"
+
+
+def _shipped_network_name(checkpoint_network: dict[str, Any], config_network: str | dict[str, Any]) -> str:
+    """The card's network name: the run's, plus " + silhouette head" when the shipped checkpoint has
+    the head (its keypoint network is then the run's with the head added)."""
+    if checkpoint_network.get("mask_head"):
+        plain = {key: value for key, value in checkpoint_network.items() if key != "mask_head"}
+        return f"{_network_name(plain)} + silhouette head"
+    return _network_name(config_network)
 
 
 def _curve_row(row: dict[str, str]) -> dict[str, float]:
@@ -280,6 +322,7 @@ def _card_text(figures: dict[str, Any], table: str, shipped: Path) -> str:
         _heldout_section(figures, table, shipped),
         _budget_section(figures),
         _training_section(figures),
+        _silhouette_section(figures),
         _inference_section(figures),
     )
     return "\n".join(line for section in sections for line in section)
@@ -407,6 +450,80 @@ def _training_section(figures: dict[str, Any]) -> list[str]:
             f"| {row['epoch']:.0f} | {row['train_loss']:.4f} | {row['keypoint_px']:.2f} | "
             f"{row['ACC5']:.1f} | {row['ADD5']:.1f} |"
         )
+    return lines
+
+
+def _silhouette_section(figures: dict[str, Any]) -> list[str]:
+    """The silhouette head: held-out IoU (overall, one pass, by size) and its training."""
+    silhouette = figures.get("silhouette")
+    if not silhouette:
+        return []
+    heldout = silhouette["heldout"]
+    lines = [
+        "",
+        "## Silhouette head",
+        "",
+        "The network also predicts the drone's whole silhouette (occluders ignored) on its finest heatmap "
+        "grid (drone_pose.nets.mask_head); `PoseEstimator` returns it as `silhouette`, the zoomed "
+        "window's map where the second pass ran. The keypoint layers are those of the figures above, "
+        "unchanged. On the held-out set (`drone-pose eval`'s `silhouette`), the silhouettes resampled to "
+        "the image's pixels against the rendered full masks, mean over the images showing the drone: "
+        f"IoU {heldout['mask_IoU']:.1f} % (probability > 0.5), soft IoU {heldout['mask_soft_IoU']:.1f} % "
+        f"({heldout['count']:.0f} images)"
+        + (
+            f"; first pass only (`--zoom off`): IoU {one['mask_IoU']:.1f} %, soft IoU "
+            f"{one['mask_soft_IoU']:.1f} %."
+            if (one := silhouette.get("heldout_one_pass"))
+            else "."
+        ),
+        "",
+    ]
+    if heldout.get("by_size"):
+        lines += [
+            "By the drone's size in the image (model diagonal in pixels; the bins above):",
+            "",
+            "| drone size (px) | images | IoU | soft IoU |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {row['size_px'][0]:g}-{row['size_px'][1]:g} | {row['count']:.0f} | "
+                f"{row['mask_IoU']:.1f} | {row['mask_soft_IoU']:.1f} |"
+                for row in heldout["by_size"]
+            ),
+            "",
+        ]
+    if silhouette.get("check"):
+        check = silhouette["check"]
+        lines += [
+            f"First {figures['check']['samples']} test images: IoU {check['mask_IoU']:.2f}, soft IoU "
+            f"{check['mask_soft_IoU']:.2f}.",
+            "",
+        ]
+    training = silhouette.get("training")
+    if training:
+        config = training["config"]
+        mask = config.get("mask", {})
+        lines += [
+            f"- Data: `{training['command']}` (train split for training, val for model selection).",
+            f"- Recipe (run `{config['name']}`): the mask head alone trained "
+            + ("(everything else frozen, BatchNorm statistics included), " if mask.get("head_only") else "")
+            + f"binary cross-entropy (weight {mask.get('weight', 1.0)}) against the full masks "
+            f"area-averaged to the heatmap grid, Adam lr {config['optim']['lr']} "
+            f"({config['optim']['schedule']}), batch {config['batch_size']}, {config['epochs']} epochs, "
+            f"training crops {config['data'].get('crop')}"
+            + _zoom_recipe(config)
+            + f"; best epoch by {config['metric']}.",
+            f"- Epochs run: {training['epochs_run']}; mean time per training step "
+            f"{training['seconds_per_step']} s.",
+            *([f"- Note: {training['note']}"] if training.get("note") else []),
+            "",
+            "| epoch | train loss | IoU | soft IoU |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {row['epoch']:.0f} | {row['train_loss']:.4f} | {row.get('mask_IoU', float('nan')):.1f} | "
+                f"{row.get('mask_soft_IoU', float('nan')):.1f} |"
+                for row in training["validation_curve"]
+            ),
+        ]
     return lines
 
 

@@ -1,10 +1,12 @@
 """`drone-pose eval`: a checkpoint through the real inference path (PoseEstimator on uint8 images)
 over a dataset split, scored as `drone-pose eval-bag` scores a bag (drone_pose.evaluation.scoring),
-written as a report with plots and overlays.
+written as a report with plots and overlays. A checkpoint with the silhouette head on a dataset with
+full masks is also scored on its silhouettes (silhouette_scores).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import time
 from collections.abc import Iterator
@@ -24,8 +26,10 @@ from drone_pose.drones import DroneModel
 from drone_pose.evaluation.drone_pairing import data_drone, refuse_other_drone
 from drone_pose.evaluation.reports import markdown_table, size_table, write_report
 from drone_pose.evaluation.scoring import score_estimates
+from drone_pose.geometry.metrics import size_bins
 from drone_pose.inference.estimator import PoseEstimate, PoseEstimator
 from drone_pose.inference.overlay import draw_pose_overlay
+from drone_pose.nets.silhouette import on_image, silhouette_iou
 from drone_pose.nets.zoom import ZoomSettings
 
 
@@ -61,10 +65,18 @@ def evaluate_checkpoint(
     refuse_other_drone(drone.name, data_drone(dataset), str(data))
     truth: dict[str, list[Tensor]] = {key: [] for key in ("R", "t", "K", "keypoints", "image_sizes")}
     estimates: list[PoseEstimate] = []
+    ious: list[Tensor] = []  # per image: IoU, soft IoU, whether the drone is in view
+    source = dataset.dataset if isinstance(dataset, Subset) else dataset
+    full_masks = bool(getattr(source, "has_full_mask", False))
     kept_images = []
     started = time.perf_counter()
     for batch, images, K, result in estimate_batches(estimator, dataset, batch_size):
-        estimates.append(result)
+        if result.silhouette is not None and full_masks:
+            probability = on_image(result.silhouette, images.shape[2], images.shape[1])
+            truth_mask = batch["full_mask"]
+            shown = (truth_mask > 0.5).flatten(1).any(1).float()
+            ious.append(torch.stack((*silhouette_iou(probability, truth_mask), shown), -1))
+        estimates.append(dataclasses.replace(result, silhouette=None))  # scored: not kept
         truth["R"].append(batch["R"].double())
         truth["t"].append(batch["t"].double())
         truth["K"].append(K)
@@ -101,6 +113,8 @@ def evaluate_checkpoint(
         "by_size": scores.by_size,
         "size_table": size_table(scores.by_size),
     }
+    if ious:
+        summary["silhouette"] = silhouette_scores(torch.cat(ious), torch.as_tensor(scores.samples["size_px"]))
     if out is not None:
         summary["files"] = write_report(
             out,
@@ -129,6 +143,24 @@ def evaluate_checkpoint(
                     raise OSError(errno.EIO, "OpenCV could not write the image", str(path))
             summary["files"][f"overlay_{i:02d}"] = str(path)
     return summary
+
+
+def silhouette_scores(ious: Tensor, size_px: Tensor) -> dict[str, Any]:
+    """Mean IoU and soft IoU (percent) of the estimator's silhouettes at image resolution against the
+    full masks, over the images showing the drone, overall and per apparent-size bin (the bins of
+    the pose table). ious [B,3]: IoU, soft IoU (drone_pose.nets.silhouette.silhouette_iou) and
+    whether the image shows the drone (1/0); size_px [B]."""
+
+    def means(rows: Tensor) -> dict[str, float]:
+        shown = rows[rows[:, 2] > 0]
+        return {
+            "mask_IoU": 100.0 * float(shown[:, 0].nanmean()) if len(shown) else float("nan"),
+            "mask_soft_IoU": 100.0 * float(shown[:, 1].nanmean()) if len(shown) else float("nan"),
+            "count": float(len(shown)),
+        }
+
+    by_size = [{"size_px": [low, high], **means(ious[inside])} for low, high, inside in size_bins(size_px)]
+    return {**means(ious), "by_size": by_size}
 
 
 def estimate_batches(

@@ -8,7 +8,9 @@ Images of any size are resized, and keypoints are mapped back to the original pi
 the caller's K is used unchanged; PnP weighs each keypoint by its heatmap confidence
 (keypoint_weights). With zoom settings (a checkpoint's
 input.zoom, or given), drones smaller than the zoom target get a second network pass on an
-enlarged window around them (drone_pose.nets.zoom) before PnP.
+enlarged window around them (drone_pose.nets.zoom) before PnP. A network with the silhouette head
+(drone_pose.nets.mask_head) also gives the drone's predicted silhouette, placed in the original
+image (drone_pose.nets.silhouette).
 """
 
 from __future__ import annotations
@@ -38,9 +40,16 @@ from drone_pose.inference.thresholds import EstimatorThresholds
 from drone_pose.nets.cuda_graphs import GraphedPass
 from drone_pose.nets.flip import flip_averaged, mirror_permutation, validate_flip_test
 from drone_pose.nets.heatmap_codec import decode_heatmaps, heatmap_to_image
-from drone_pose.nets.predictor import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor
-from drone_pose.nets.zoom import ZoomSettings, heatmap_locator, zoom_refine
+from drone_pose.nets.predictor import IMAGENET_MEAN, IMAGENET_STD, HeatmapPredictor, StackedSilhouette
+from drone_pose.nets.silhouette import (
+    concatenate_silhouettes,
+    image_grid,
+    take_silhouettes,
+    zoomed_silhouettes,
+)
+from drone_pose.nets.zoom import ZoomSettings, locate_heatmaps, merge_zoomed, plan_zoom
 from drone_pose.pnp import PnPResult, PnPStatus, solve_pnp
+from drone_pose.render.image_window import ImageWindow, SilhouetteMap
 
 
 def keypoint_weights(confidences: Tensor, min_confidence: float, power: float) -> Tensor:
@@ -129,7 +138,11 @@ class PoseEstimate:
     timings_ms: stage -> milliseconds for the whole batch; zoomed [B] bool: keypoints from the
     zoomed second pass (all False without zoom settings); undistorted_keypoints [B,K,2]: with a
     lens distortion, the keypoints in the ideal pinhole image of K, which PnP solved on and
-    reprojection_rms measures (keypoints stay in the distorted image); None without one.
+    reprojection_rms measures (keypoints stay in the distorted image); None without one;
+    silhouette: with a mask-head network, the predicted silhouettes (probability [B,h,w] in [0, 1]
+    on grids placed in the original image's pixels, drone_pose.render.image_window): the zoomed
+    window's map where the second pass ran, else the first pass's; maps of different sizes are
+    padded with zeros on their right and bottom; None for a network without the head.
     """
 
     keypoints: Tensor
@@ -143,6 +156,7 @@ class PoseEstimate:
     timings_ms: dict[str, float] = field(default_factory=dict)
     zoomed: Tensor | None = None
     undistorted_keypoints: Tensor | None = None
+    silhouette: SilhouetteMap | None = None
 
     def take(self, index: Tensor) -> PoseEstimate:
         """The images `index` [M] (int64) of this estimate, in that order (timings are dropped)."""
@@ -158,6 +172,7 @@ class PoseEstimate:
             reasons=[self.reasons[int(i)] for i in index],
             zoomed=pick(self.zoomed),
             undistorted_keypoints=pick(self.undistorted_keypoints),
+            silhouette=take_silhouettes(self.silhouette, index),
         )
 
     @staticmethod
@@ -182,6 +197,7 @@ class PoseEstimate:
             reasons=[r for e in estimates for r in e.reasons],
             zoomed=zoomed,
             undistorted_keypoints=undistorted,
+            silhouette=concatenate_silhouettes([e.silhouette for e in estimates]),
             **tensors,
         )
 
@@ -196,7 +212,8 @@ class PoseEstimator:
     flip_test: "off", "zoom" or "all", the network passes averaged with their mirrored image
     (drone_pose.nets.flip; needs mirror-symmetric keypoints); cuda_graphs: on a CUDA device, replay
     each network pass (with its flip test) from a CUDA graph captured per input shape
-    (drone_pose.nets.cuda_graphs), False for eager passes; ignored with compile_network.
+    (drone_pose.nets.cuda_graphs), False for eager passes; ignored with compile_network. A network
+    with the mask head makes every pass also give the silhouette (`silhouette` True).
     """
 
     def __init__(
@@ -223,18 +240,20 @@ class PoseEstimator:
         self.predictor = self.predictor.to(self.device)
         # NHWC: faster convolutions on CUDA and on CPU (docs/experiments.md)
         self.predictor = self.predictor.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.predictor) if compile_network else self.predictor
+        # with the mask head each pass gives [N,K+1,h,w]: the heatmaps, then the silhouette
+        self.silhouette = self.predictor.has_silhouette
+        forward = StackedSilhouette(self.predictor) if self.silhouette else self.predictor
+        self._forward = torch.compile(forward) if compile_network else forward
         self.input_width, self.input_height = input_size
         self.thresholds = thresholds or EstimatorThresholds()
         self.description = description or {}
         self.zoom = zoom
         validate_flip_test(flip_test, self.keypoints_3d)
         self.flip_permutation = mirror_permutation(self.keypoints_3d)  # None: the drone is not symmetric
-        flipped = (
-            None
-            if self.flip_permutation is None
-            else flip_averaged(self._network_pass, self.flip_permutation)
-        )
+        channels = None
+        if self.flip_permutation is not None:  # the silhouette channel mirrors onto itself
+            channels = self.flip_permutation + ([len(self.flip_permutation)] if self.silhouette else [])
+        flipped = None if channels is None else flip_averaged(self._network_pass, channels)
         self.cuda_graphs = cuda_graphs and not compile_network
         self._single_pass: Callable[[Tensor], Tensor] = self._network_pass
         self._flipped_pass = flipped
@@ -312,7 +331,7 @@ class PoseEstimator:
         batch = self._preprocess(images, K)
         models = per_image(distortion, batch.K.shape[0])
         timings["preprocess"] = self._clock() - start
-        keypoints, confidences, zoomed = self._keypoints(batch, thresholds, timings)
+        keypoints, confidences, zoomed, silhouette = self._keypoints(batch, thresholds, timings)
         pinhole_keypoints, pnp_confidences = keypoints, confidences
         if models is not None:
             start = self._clock()
@@ -341,6 +360,7 @@ class PoseEstimator:
             timings,
             zoomed,
             None if models is None else pinhole_keypoints,
+            silhouette,
         )
 
     def _preprocess(self, images: np.ndarray | Tensor, K: np.ndarray | Tensor) -> _Batch:
@@ -366,12 +386,15 @@ class PoseEstimator:
 
     def _keypoints(
         self, batch: _Batch, thresholds: EstimatorThresholds, timings: dict[str, float]
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Keypoints [B,K,2] original-image px and confidences [B,K] (float64, CPU), and which images
-        took the zoomed second pass [B]; times the network, decode and zoom stages."""
+    ) -> tuple[Tensor, Tensor, Tensor, SilhouetteMap | None]:
+        """Keypoints [B,K,2] original-image px and confidences [B,K] (float64, CPU), which images
+        took the zoomed second pass [B], and the silhouettes (CPU; None without the mask head);
+        times the network, decode and zoom stages."""
         start = self._clock()
         flip_test = self.flip_test  # read once, as zoom below: the node may switch them
-        heatmaps = self._flip_pass(flip_test == "all")(batch.pixels)
+        outputs = self._flip_pass(flip_test == "all")(batch.pixels)
+        count = self.keypoints_3d.shape[0]
+        heatmaps = outputs[:, :count] if self.silhouette else outputs
         timings["network"] = self._clock() - start
         start = self._clock()
         xy, confidences = decode_heatmaps(heatmaps)
@@ -379,13 +402,18 @@ class PoseEstimator:
         # heatmap px -> original image px (pixel centres at integers throughout)
         stride = xy.new_tensor([width / heatmaps.shape[-1], height / heatmaps.shape[-2]])
         keypoints = heatmap_to_image(xy, stride)
+        silhouette = None
+        if self.silhouette:  # on the grid the keypoints were mapped from
+            grid = image_grid(
+                (heatmaps.shape[-1], heatmaps.shape[-2]), (width, height), len(keypoints), outputs.device
+            )
+            silhouette = SilhouetteMap(outputs[:, count].float(), grid)
         timings["decode"] = self._clock() - start
         zoomed = torch.zeros(len(keypoints), dtype=torch.bool)
         zoom = self.zoom
         if zoom is not None:
             start = self._clock()
-            keypoints, confidences, zoomed = zoom_refine(
-                heatmap_locator(self._flip_pass(flip_test != "off")),
+            plan = plan_zoom(
                 batch.original,
                 batch.pixels,
                 keypoints.float(),
@@ -393,12 +421,30 @@ class PoseEstimator:
                 thresholds.min_keypoint_confidence,
                 zoom,
             )
-            zoomed = zoomed.cpu()
+            keypoints, confidences = keypoints.float(), confidences.float()
+            if plan.index.numel() > 0:
+                window_outputs = self._flip_pass(flip_test != "off")(plan.crops)
+                window_points, window_confidences = locate_heatmaps(
+                    window_outputs[:, :count], plan.crops.shape[-1]
+                )
+                keypoints, confidences = merge_zoomed(
+                    plan, keypoints, confidences, window_points, window_confidences
+                )
+                if silhouette is not None:
+                    silhouette = zoomed_silhouettes(silhouette, plan, window_outputs[:, count].float())
+            zoomed = plan.active.cpu()
             timings["zoom"] = self._clock() - start
-        return keypoints.double().cpu(), confidences.double().cpu(), zoomed
+        if silhouette is not None:
+            grid = silhouette.grid
+            silhouette = SilhouetteMap(
+                silhouette.probability.cpu(),
+                ImageWindow(grid.origin.cpu(), grid.pixel_size.cpu(), grid.width, grid.height),
+            )
+        return keypoints.double().cpu(), confidences.double().cpu(), zoomed, silhouette
 
     def _network_pass(self, pixels: Tensor) -> Tensor:
-        """Heatmaps [N,K,h,w] of network-input images [N,3,H,W] in [0,1] (half precision on CUDA)."""
+        """Heatmaps [N,K,h,w] of network-input images [N,3,H,W] in [0,1] (half precision on CUDA);
+        with the mask head [N,K+1,h,w], the silhouette probability as channel K."""
         pixels = pixels.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_cuda):
             return self._forward(pixels)

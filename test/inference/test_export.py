@@ -21,6 +21,8 @@ from drone_pose.inference.export import export_checkpoint, predictor_from_checkp
 from drone_pose.nets import build_network
 from drone_pose.nets.flip import flip_averaged
 
+from ..tiny_models import TINY_NET
+
 INPUT = (160, 128)
 
 
@@ -104,3 +106,34 @@ def test_export_errors_are_clear(checkpoint_path, tmp_path):
         export_checkpoint(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="export format must be one of"):
         export_checkpoint(checkpoint_path, tmp_path / "x.bin", "tflite")
+
+
+def test_a_mask_head_checkpoint_exports_the_silhouette_as_a_second_output(tmp_path):
+    import onnxruntime
+
+    torch.manual_seed(1)
+    spec = {**TINY_NET, "mask_head": True}
+    network = build_network(spec)
+    path = save_checkpoint(make_checkpoint(network, spec, load_drone("m2ed"), INPUT), tmp_path / "mask.pt")
+    predictor = predictor_from_checkpoint(load_checkpoint(path), "test")
+    images = torch.rand(2, 3, INPUT[1], INPUT[0], generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        heatmaps, silhouette = predictor.forward_with_silhouette(images)
+    report = export_checkpoint(path, tmp_path / "mask.onnx", "onnx")
+    assert report["silhouette_output"] == {"name": "silhouette", "shape": ["batch", 32, 40]}
+    assert max(report["verification"]["silhouette_max_abs_difference"].values()) < 1e-4
+    session = onnxruntime.InferenceSession(str(tmp_path / "mask.onnx"), providers=["CPUExecutionProvider"])
+    assert [output.name for output in session.get_outputs()] == ["heatmaps", "silhouette"]
+    onnx_heatmaps, onnx_silhouette = session.run(None, {"images": images.numpy()})
+    np.testing.assert_allclose(onnx_heatmaps, heatmaps.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(onnx_silhouette, silhouette.numpy(), atol=1e-4, rtol=0)
+    export_checkpoint(path, tmp_path / "mask.ts", "torchscript", verify=False)
+    with torch.inference_mode():
+        scripted = torch.jit.load(str(tmp_path / "mask.ts"))(images)
+    torch.testing.assert_close(scripted[1], silhouette, atol=1e-5, rtol=0)
+    plain = export_checkpoint(path, tmp_path / "plain.ts", "torchscript", silhouette=False)
+    assert "silhouette_output" not in plain
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            torch.jit.load(str(tmp_path / "plain.ts"))(images), heatmaps, atol=1e-5, rtol=0
+        )
