@@ -14,7 +14,8 @@ from drone_pose.nets.mask_head import MaskHead
 @dataclass(frozen=True)
 class HourglassConfig:
     """stacks: hourglasses in sequence; depth: downsamplings per hourglass; features: width;
-    mask_head: add the silhouette head (drone_pose.nets.mask_head) on the last stack's features."""
+    mask_head: add the silhouette head (drone_pose.nets.mask_head) on the last stack's features and
+    the stem's."""
 
     heatmaps: int = 9
     stacks: int = 2
@@ -78,10 +79,11 @@ class StackedHourglass(nn.Module):
         self.merge_heatmaps = nn.ModuleList(
             nn.Conv2d(config.heatmaps, f, 1) for _ in range(config.stacks - 1)
         )
-        self.mask_head = MaskHead(f) if config.mask_head else None
+        self.mask_head = MaskHead(f, f) if config.mask_head else None
 
     def forward(self, images: Tensor) -> list[Tensor]:
         x = self.stem(images)
+        early = x  # 1/4 resolution (the mask head reads it)
         outputs = []
         for index, (hourglass, features, head) in enumerate(
             zip(self.hourglasses, self.features, self.heads, strict=True)
@@ -91,6 +93,6 @@ class StackedHourglass(nn.Module):
             if index < len(self.merge_features):
                 x = x + self.merge_features[index](y) + self.merge_heatmaps[index](heatmaps)
             elif self.mask_head is not None:
-                heatmaps = torch.cat((heatmaps, self.mask_head(y).to(heatmaps.dtype)), dim=1)
+                heatmaps = torch.cat((heatmaps, self.mask_head(y, early).to(heatmaps.dtype)), dim=1)
             outputs.append(heatmaps)
         return outputs

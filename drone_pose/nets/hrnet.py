@@ -38,7 +38,7 @@ class HRNetConfig:
     predicted next to the 1/4 heatmaps (COCO bottom-up only); higher: add the HigherHRNet module;
     deconv_blocks: BasicBlocks after the transposed convolution; mask_head: add the silhouette head
     (drone_pose.nets.mask_head) on the features of the finest heatmaps (the 1/4 branch, or the
-    HigherHRNet module's 1/2 features), its logits the finest output's last channel.
+    HigherHRNet module's 1/2 features) and stage 1's, its logits the finest output's last channel.
     """
 
     stages: tuple[StageConfig, ...]
@@ -164,12 +164,16 @@ class HRNet(nn.Module):
             )
         self.mask_head: MaskHead | None = None
         if config.mask_head:
-            self.mask_head = MaskHead((config.deconv_channels or width) if config.higher else width)
+            self.mask_head = MaskHead(
+                (config.deconv_channels or width) if config.higher else width,
+                config.stem_planes * Bottleneck.expansion,
+            )
 
     def forward(self, images: Tensor) -> list[Tensor]:
         height, width = images.shape[-2:]
         padded = F.pad(images, (0, (-width) % 32, 0, (-height) % 32))
-        features = [self.layer1(self.stem(padded))]
+        early = self.layer1(self.stem(padded))  # 1/4 resolution, stage 1 (the mask head reads it)
+        features = [early]
         for transition, stage in zip(self.transitions, self.stages, strict=True):
             inputs = [
                 layer(features[index] if index < len(features) else features[-1])
@@ -178,19 +182,19 @@ class HRNet(nn.Module):
             features = stage(inputs)
         quarter = self.final(features[0])
         if self.deconv is None:
-            quarter = self._with_mask(quarter, features[0])
+            quarter = self._with_mask(quarter, features[0], early)
         outputs = [quarter[..., : _ceil_div(height, 4), : _ceil_div(width, 4)]]
         if self.deconv is not None:
             refined = self.deconv(torch.cat((features[0], quarter), dim=1))
-            half = self._with_mask(self.final_higher(refined), refined)
+            half = self._with_mask(self.final_higher(refined), refined, early)
             outputs.append(half[..., : _ceil_div(height, 2), : _ceil_div(width, 2)])
         return outputs
 
-    def _with_mask(self, heatmaps: Tensor, features: Tensor) -> Tensor:
+    def _with_mask(self, heatmaps: Tensor, features: Tensor, early: Tensor) -> Tensor:
         """The finest heatmaps with the mask head's logits appended as the last channel (if any)."""
         if self.mask_head is None:
             return heatmaps
-        return torch.cat((heatmaps, self.mask_head(features).to(heatmaps.dtype)), dim=1)
+        return torch.cat((heatmaps, self.mask_head(features, early).to(heatmaps.dtype)), dim=1)
 
 
 def _ceil_div(value: int, divisor: int) -> int:

@@ -30,7 +30,7 @@ class SilhouetteStandIn(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.mask_head = MaskHead(1)  # marks the network as having the head (unused)
+        self.mask_head = MaskHead(1, 1)  # marks the network as having the head (unused)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         red = images[:, RED : RED + 1] * IMAGENET_STD[RED] + IMAGENET_MEAN[RED]  # back to [0, 1]
