@@ -114,3 +114,22 @@ def test_a_silhouette_map_resamples_onto_a_window() -> None:
     inside = silhouette.resample(window)[0]
     assert inside[16, 16] > 0.99
     assert inside[0, 0] < 0.01
+
+
+def test_resampling_area_averages_along_each_axis_with_per_axis_pixel_sizes() -> None:
+    """A window whose pixels span 4 x 2 image pixels (pixel size per axis [B,2]) reads a full-resolution
+    map as the average over each window pixel (a 2-pixel tent along y from the bilinear sub-samples);
+    a per-axis size with equal axes reads exactly what the single size reads."""
+    mask = torch.zeros(240, 320)
+    mask[100:140, 148:212] = 1.0
+    image_grid = ImageWindow(torch.zeros(1, 2), torch.ones(1, 2), 320, 240)
+    silhouette = SilhouetteMap(mask[None], image_grid)
+    window = ImageWindow(torch.tensor([[1.5, 0.5]]), torch.tensor([[4.0, 2.0]]), 80, 120)
+    expected = mask.reshape(120, 2, 80, 4).mean((1, 3))
+    resampled = silhouette.resample(window)[0]
+    assert resampled.shape == (120, 80)
+    assert float((resampled - expected).abs().max()) < 0.07
+    assert torch.equal(resampled > 0.5, expected > 0.5)
+    square = ImageWindow(torch.tensor([[1.5, 1.5]]), torch.tensor([4.0]), 80, 60)
+    square_xy = ImageWindow(square.origin, torch.tensor([[4.0, 4.0]]), 80, 60)
+    torch.testing.assert_close(silhouette.resample(square_xy), silhouette.resample(square))
