@@ -103,7 +103,7 @@ LAYERS: dict[str, int] = {
     "data": 2,
     "nets": 2,
     "pnp": 2,
-    "render": 2,  # differentiable silhouettes (geometry only)
+    "render": 1,  # differentiable silhouettes and pixel grids (torch only; nets reads its grids)
     "inference": 3,
     "bags": 3,
     "fusion": 4,  # multi-camera fusion (uses inference)

@@ -479,15 +479,24 @@ def _silhouette_section(figures: dict[str, Any]) -> list[str]:
         "",
     ]
     if heldout.get("by_size"):
+        one_pass_rows = (silhouette.get("heldout_one_pass") or {}).get("by_size")
+        if one_pass_rows and len(one_pass_rows) == len(heldout["by_size"]):
+            header = "| drone size (px) | images | IoU | soft IoU | IoU first pass | soft IoU first pass |"
+            rule = "| --- | --- | --- | --- | --- | --- |"
+            extra = [f" {row['mask_IoU']:.1f} | {row['mask_soft_IoU']:.1f} |" for row in one_pass_rows]
+            passes = ", as the checkpoint runs it and with the first pass only (`--zoom off`)"
+        else:
+            header, rule = "| drone size (px) | images | IoU | soft IoU |", "| --- | --- | --- | --- |"
+            extra, passes = [""] * len(heldout["by_size"]), ""
         lines += [
-            "By the drone's size in the image (model diagonal in pixels; the bins above):",
+            f"By the drone's size in the image (model diagonal in pixels; the bins above){passes}:",
             "",
-            "| drone size (px) | images | IoU | soft IoU |",
-            "| --- | --- | --- | --- |",
+            header,
+            rule,
             *(
                 f"| {row['size_px'][0]:g}-{row['size_px'][1]:g} | {row['count']:.0f} | "
-                f"{row['mask_IoU']:.1f} | {row['mask_soft_IoU']:.1f} |"
-                for row in heldout["by_size"]
+                f"{row['mask_IoU']:.1f} | {row['mask_soft_IoU']:.1f} |{more}"
+                for row, more in zip(heldout["by_size"], extra, strict=True)
             ),
             "",
         ]
