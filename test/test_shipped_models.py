@@ -62,6 +62,12 @@ def test_eval_reproduces_the_model_card(drone, tmp_path):
             assert summary["metrics"][key] == pytest.approx(value, abs=100.0 / 50), key
         else:
             assert summary["metrics"][key] == pytest.approx(value, abs=one_sample), key
+    # both shipped networks have the silhouette head: the estimator returns silhouettes, scored as on the card
+    assert "silhouette" in summary, "the shipped checkpoint has no silhouette head"
+    silhouette = figures["silhouette"]["check"]
+    assert summary["silhouette"]["count"] == silhouette["count"]
+    for key in ("mask_IoU", "mask_soft_IoU"):
+        assert summary["silhouette"][key] == pytest.approx(silhouette[key], abs=0.2), key
     # what the tracker publishes (valid poses) is more often right than all poses, and the validity
     # checks (the position-uncertainty gate above all) drop few right ones
     metrics = summary["metrics"]
