@@ -95,10 +95,14 @@ def test_a_flip_test_checkpoint_exports_the_channel_order_of_the_mirrored_image(
     images = torch.rand(1, 3, 240, 320, generator=torch.Generator().manual_seed(3))
     predictor = predictor_from_checkpoint(load_checkpoint(shipped), "test")
     with torch.inference_mode():
-        exported = module(torch.cat((images, images.flip(-1))))
+        # the shipped network has the silhouette head: TorchScript gives (heatmaps, silhouette)
+        exported, silhouette = module(torch.cat((images, images.flip(-1))))
         recipe = 0.5 * (exported[:1] + exported[1:].flip(-1)[:, permutation])
         expected = flip_averaged(predictor, permutation)(images)
+        _, own_silhouette = predictor.forward_with_silhouette(images)
     torch.testing.assert_close(recipe, expected, atol=1e-4, rtol=0)
+    assert silhouette.shape == (2, *exported.shape[-2:])
+    torch.testing.assert_close(silhouette[:1], own_silhouette, atol=1e-4, rtol=0)
 
 
 def test_export_errors_are_clear(checkpoint_path, tmp_path):
