@@ -108,10 +108,15 @@ def read_topics(
 
 
 def camera_frames(
-    images: Sequence[Any], infos: Sequence[Any], truths: Sequence[Any], undecodable: int = 0
+    images: Sequence[Any],
+    infos: Sequence[Any],
+    truths: Sequence[Any],
+    undecodable: int = 0,
+    require_truth: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """One camera's Image, CameraInfo and ground-truth PoseStamped messages paired by stamp into
-    frames (read_frames), and the counts of skipped messages (undecodable: that many already)."""
+    frames (read_frames), and the counts of skipped messages (undecodable: that many already).
+    require_truth False: frames without a (usable) ground truth are kept, with R and t None."""
     by_stamp = [{messages.stamp_ns(m.header): m for m in topic} for topic in (images, infos, truths)]
     images_at, infos_at, truths_at = by_stamp
     skipped = {
@@ -126,7 +131,7 @@ def camera_frames(
         if stamp not in infos_at:
             skipped["no_camera_info"] += 1
             continue
-        if stamp not in truths_at:
+        if stamp not in truths_at and require_truth:
             skipped["no_ground_truth"] += 1
             continue
         try:
@@ -138,8 +143,8 @@ def camera_frames(
         if camera_model is None:
             skipped["bad_camera_info"] += 1
             continue
-        truth = true_pose(truths_at[stamp].pose)
-        if truth is None:
+        truth = true_pose(truths_at[stamp].pose) if stamp in truths_at else None
+        if truth is None and require_truth:
             skipped["bad_ground_truth"] += 1
             continue
         frames.append(
@@ -149,8 +154,8 @@ def camera_frames(
                 "rgb": rgb,
                 "K": camera_model[0],
                 "distortion": camera_model[1],
-                "R": truth[0],
-                "t": truth[1],
+                "R": None if truth is None else truth[0],
+                "t": None if truth is None else truth[1],
             }
         )
     return frames, skipped

@@ -98,7 +98,8 @@ class StaticTransforms:
 class FrameGroup:
     """The frames of one stamp: views, one per camera in the rig's order (a read_frames frame dict,
     None where the camera has no frame at that stamp), and the rig's ground truth R [3,3], t [3]
-    metres (truth frame <- drone body)."""
+    metres (truth frame <- drone body; NaN when read without requiring ground truth and the bag
+    has none at that stamp)."""
 
     stamp: int
     views: tuple[dict[str, Any] | None, ...]
@@ -135,10 +136,14 @@ class RigFrames:
         return self.truth_frame, np.stack(cam_from_rig)
 
 
-def read_rig_frames(bag: str | Path, cameras: Sequence[str] | None = None) -> RigFrames:
+def read_rig_frames(
+    bag: str | Path, cameras: Sequence[str] | None = None, require_truth: bool = True
+) -> RigFrames:
     """The frames of `cameras` (default: bag_cameras) grouped by stamp, with the rig's ground truth
     and static TF; BagError (one line) for a camera the bag lacks, a camera without a usable frame,
-    a missing /ground_truth/pose or one without a single usable pose."""
+    a missing /ground_truth/pose or one without a single usable pose. require_truth False (a
+    recorded flight, e.g. for rig calibration): ground truth is read where the bag has it and
+    not needed (groups without it hold NaN; truth_frame is "" when the bag has none)."""
     found, topics_found = _cameras_and_topics(bag)
     cameras = list(found if cameras is None else cameras)
     if not cameras:
@@ -159,18 +164,25 @@ def read_rig_frames(bag: str | Path, cameras: Sequence[str] | None = None) -> Ri
             raise BagError(
                 f"{bag}: no /{camera}/image_raw messages; the bag's cameras: {', '.join(found) or 'none'}"
             )
-        frames, skipped[camera] = camera_frames(images, infos, truths)
+        frames, skipped[camera] = camera_frames(images, infos, truths, require_truth=require_truth)
         if not frames:
-            raise BagError(f"{bag}: no frame of /{camera} has camera_info and ground truth; check the bag")
+            needed = "camera_info and ground truth" if require_truth else "camera_info"
+            raise BagError(f"{bag}: no frame of /{camera} has {needed}; check the bag")
         per_camera.append({frame["stamp"]: frame for frame in frames})
-    truth, truth_frame, skipped["no_rig_ground_truth"] = _rig_truth(bag, read[TRUTH_TOPIC])
+    if require_truth or read[TRUTH_TOPIC]:
+        truth, truth_frame, skipped["no_rig_ground_truth"] = _rig_truth(bag, read[TRUTH_TOPIC])
+    else:
+        truth, truth_frame, skipped["no_rig_ground_truth"] = {}, "", 0
     skipped["undecodable"] = undecodable
     groups = []
+    unknown = (np.full((3, 3), np.nan), np.full(3, np.nan))
     for stamp in sorted(set().union(*per_camera)):
         if stamp not in truth:
             skipped["no_rig_ground_truth"] += 1
-            continue
-        groups.append(FrameGroup(stamp, tuple(frames.get(stamp) for frames in per_camera), *truth[stamp]))
+            if require_truth:
+                continue
+        views = tuple(frames.get(stamp) for frames in per_camera)
+        groups.append(FrameGroup(stamp, views, *truth.get(stamp, unknown)))
     if not groups:
         raise BagError(f"{bag}: no stamp has both a camera frame and a {TRUTH_TOPIC}; check the bag")
     frame_ids = tuple(next(iter(frames.values()))["frame_id"] for frames in per_camera)

@@ -1,5 +1,5 @@
-"""`drone-pose eval | eval-bag | calibrate-covariance | keypoint-budget | model-card`: scoring,
-calibration and model cards."""
+"""`drone-pose eval | eval-bag | calibrate-covariance | calibrate-rig | keypoint-budget | model-card`:
+scoring, calibration and model cards."""
 
 from __future__ import annotations
 
@@ -203,6 +203,55 @@ def _add_calibrate_covariance(commands: argparse._SubParsersAction) -> None:
     calibrate.set_defaults(run=_cmd_calibrate_covariance)
 
 
+def _cmd_calibrate_rig(args: argparse.Namespace) -> int:
+    from drone_pose.errors import UserError
+    from drone_pose.fusion.rig_file import save_rig_file
+    from drone_pose.fusion.rig_from_bag import calibrate_rig_bag
+
+    calibration = calibrate_rig_bag(
+        args.bag,
+        args.cameras,
+        args.reference,
+        args.checkpoint,
+        args.device,
+        args.rig_frame,
+        args.batch_size,
+    )
+    summary = calibration.summary
+    if calibration.rig is None:
+        print(json.dumps(summary, indent=2))
+        missing = [c["camera"] for c in summary["camera_estimates"] if not c["resolved"]]
+        raise UserError(
+            f"no rig file written: cameras {', '.join(missing)} never co-observed the drone often enough "
+            f"with a resolved camera (see the pairs above)"
+        )
+    summary["out"] = str(save_rig_file(calibration.rig, args.out))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_calibrate_rig(commands: argparse._SubParsersAction) -> None:
+    calibrate = commands.add_parser(
+        "calibrate-rig",
+        help="a multi-camera bag's extrinsics from the drone's single-view poses (no board): a rig file",
+    )
+    calibrate.add_argument("bag", help="rosbag2 folder with /<camera>/image_raw and camera_info")
+    calibrate.add_argument(
+        "--cameras", type=_camera_names, help="the rig's cameras, comma-separated (default: every camera)"
+    )
+    calibrate.add_argument(
+        "--reference", help="the camera whose optical frame is the rig frame (default: the first)"
+    )
+    calibrate.add_argument("--out", required=True, help="rig YAML file to write (docs/fusion.md#rig-files)")
+    calibrate.add_argument(
+        "--rig-frame", help="name of the rig frame (default: the reference camera's optical frame id)"
+    )
+    calibrate.add_argument("--checkpoint", help="default: the shipped checkpoint of the bag's drone")
+    calibrate.add_argument("--device", type=device_option, help="cpu or cuda (default: cuda when available)")
+    calibrate.add_argument("--batch-size", type=positive_int, default=8, help="groups per network pass")
+    calibrate.set_defaults(run=_cmd_calibrate_rig)
+
+
 def _cmd_keypoint_budget(args: argparse.Namespace) -> int:
     from drone_pose.evaluation.keypoint_budget import keypoint_budget
 
@@ -299,5 +348,6 @@ def register(commands: argparse._SubParsersAction) -> None:
     _add_eval(commands)
     _add_eval_bag(commands)
     _add_calibrate_covariance(commands)
+    _add_calibrate_rig(commands)
     _add_keypoint_budget(commands)
     _add_model_card(commands)

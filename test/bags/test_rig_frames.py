@@ -68,3 +68,20 @@ def test_static_transforms_compose_a_chain():
     np.testing.assert_allclose(tree.lookup("cam", "world") @ world_from_cam, np.eye(4), atol=1e-12)
     with pytest.raises(BagError, match="does not connect 'elsewhere' to 'cam'"):
         tree.lookup("cam", "elsewhere")
+
+
+def test_a_bag_without_any_ground_truth_reads_when_truth_is_not_required(rig_bag, tmp_path):
+    """A recorded flight (for rig calibration) has images, camera_info and nothing else."""
+    kept = lambda topic, _: topic.endswith(("/image_raw", "/camera_info"))  # noqa: E731
+    recorded = copy_bag(rig_bag, tmp_path / "recorded", kept)
+    with pytest.raises(BagError, match=r"no frame of /camera0 has camera_info and ground truth"):
+        read_rig_frames(recorded)
+    frames = read_rig_frames(recorded, require_truth=False)
+    assert frames.truth_frame == ""
+    assert len(frames.groups) == 6
+    assert all(group.present() == [0, 1, 2] for group in frames.groups)
+    assert all(np.isnan(group.t).all() for group in frames.groups)
+    assert all(view["R"] is None for group in frames.groups for view in group.views)
+    assert frames.skipped["no_rig_ground_truth"] == 6
+    with pytest.raises(BagError, match=r"/tf_static does not connect"):
+        frames.static.lookup("camera1_optical", "camera0_optical")
