@@ -94,7 +94,7 @@ class FusedEstimator:
         [V,4,4] or [B,V,4,4] (p_cam = T p_rig, metres); distortion: one (or None) per image."""
         start = time.perf_counter()
         if isinstance(images, (list, tuple)):
-            views = _estimate_by_size(self.estimator, list(images), K, distortion)
+            views = estimate_views(self.estimator, list(images), K, distortion)
             groups = 1
         else:
             tensor = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
@@ -322,7 +322,7 @@ def _grouped(values: np.ndarray | Tensor, groups: int, matrix: tuple[int, int]) 
     return tensor
 
 
-def _estimate_by_size(
+def estimate_views(
     estimator: PoseEstimator,
     images: list[np.ndarray | Tensor],
     K: np.ndarray | Tensor,

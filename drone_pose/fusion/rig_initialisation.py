@@ -28,6 +28,7 @@ import heapq
 import itertools
 import math
 import random
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -426,8 +427,7 @@ def extrinsics_errors(
     the estimated and true camera positions in the reference camera frame; baseline_m, the true
     distance from the reference camera; position_percent = 100 position_m / baseline_m (NaN for the
     reference itself)."""
-    estimate = torch.as_tensor(np.asarray(cam_from_ref), dtype=DTYPE)
-    truth = torch.as_tensor(np.asarray(cam_from_rig_true), dtype=DTYPE)
+    estimate, truth = _float64_copy(cam_from_ref), _float64_copy(cam_from_rig_true)
     R_t, t_t = truth[:, :3, :3], truth[:, :3, 3]
     R_ref_inv = R_t[reference].T
     R_true = R_t @ R_ref_inv
@@ -446,6 +446,13 @@ def extrinsics_errors(
     }
 
 
+def _float64_copy(values: Tensor | np.ndarray) -> Tensor:
+    """A float64 tensor copy of a tensor or an array (read-only arrays included)."""
+    if isinstance(values, Tensor):
+        return values.detach().to(DTYPE).clone()
+    return torch.tensor(np.array(values), dtype=DTYPE)
+
+
 class RigAccumulator:
     """Online stage-1 rig estimation: frames are added group by group (the fusion node's groups),
     and estimate() averages the frames kept so far.
@@ -459,7 +466,10 @@ class RigAccumulator:
     do not depend on the order in which the kept frames arrived, which running robust statistics
     could not offer; the frames' arrival order is kept for the uncertainty's time blocks; about
     0.5 s for 600 frames of 3 cameras on one CPU thread, 1.7 s for 3000). Counters over every
-    frame seen: frames_seen, usable_views [V], co_observations [V,V]."""
+    frame seen: frames_seen, usable_views [V], co_observations [V,V].
+
+    Thread-safe: add and estimate may run on different threads (a node's frame path and its
+    periodic estimation); estimate copies the kept frames under the lock and solves outside it."""
 
     def __init__(
         self,
@@ -489,6 +499,7 @@ class RigAccumulator:
         self._offered = 0  # frames with two usable views: the reservoir's stream
         self.usable_views = torch.zeros(views, dtype=torch.int64)
         self.co_observations = torch.zeros(views, views, dtype=torch.int64)
+        self._lock = threading.Lock()
 
     def add(
         self,
@@ -507,6 +518,11 @@ class RigAccumulator:
         if R.shape[1] != self.views:
             raise ValueError(f"expected {self.views} views per frame, got {R.shape[1]}")
         R, t, covariance, usable = prepare_views(R, t, covariance, valid, weights)
+        with self._lock:
+            self._keep(R, t, covariance, usable)
+
+    def _keep(self, R: Tensor, t: Tensor, covariance: Tensor, usable: Tensor) -> None:
+        """add's bookkeeping on prepared views (under the lock)."""
         self.frames_seen += len(usable)
         self.usable_views += usable.sum(0)
         self.co_observations += (usable.unsqueeze(2) & usable.unsqueeze(1)).sum(0)
@@ -530,13 +546,13 @@ class RigAccumulator:
 
     def estimate(self, reference: Reference | None = None) -> RigEstimate:
         """The rig from the frames kept (reference: None for the accumulator's own)."""
-        n = self.frames_kept
-        return _estimate(
-            self._R[:n],
-            self._t[:n],
-            self._covariance[:n],
-            self._usable[:n],
-            self.reference if reference is None else reference,
-            self.config,
-            self._sequence[:n],
-        )
+        with self._lock:
+            n = self.frames_kept
+            kept = (
+                self._R[:n].clone(),
+                self._t[:n].clone(),
+                self._covariance[:n].clone(),
+                self._usable[:n].clone(),
+            )
+            sequence = self._sequence[:n].clone()
+        return _estimate(*kept, self.reference if reference is None else reference, self.config, sequence)

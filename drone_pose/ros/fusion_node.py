@@ -6,6 +6,9 @@ Each camera's image and CameraInfo are paired as in the tracker (drone_pose.ros.
 frame_pairing); the cameras' frames are grouped by stamp (drone_pose.ros.frame_grouping); a worker
 thread takes the newest group, looks up each view's extrinsics (rig file or TF,
 drone_pose.ros.rig_extrinsics) and fuses the views with FusedEstimator in one batched network pass.
+With `extrinsics: estimate` the rig calibrates itself (drone_pose.ros.self_calibration): every
+group's single-view poses feed the estimate, the reference camera's own pose is published until
+the first estimate, the estimated cameras go out on /tf_static and the groups are fused with them.
 Every rejected input is counted, per camera, and reported on /diagnostics; nothing raises into rclpy.
 """
 
@@ -29,15 +32,18 @@ from drone_pose.ros.estimator_node_support import model_name, run_lifecycle_node
 from drone_pose.ros.frame_grouping import FrameGroup, FrameGrouper
 from drone_pose.ros.frame_pairing import Frame, FramePairing
 from drone_pose.ros.fusion_parameters import (
+    EXTRINSICS_SOURCES,
     FUSION_NODE_NAME,
     FUSION_PARAMETERS,
     FUSION_PARAMETERS_BY_NAME,
+    RIG_POLICIES,
     camera_names,
 )
 from drone_pose.ros.image_conversions import numpy_to_image
 from drone_pose.ros.qos import sensor_data_qos
 from drone_pose.ros.rig_extrinsics import EXTRINSICS_REJECTIONS, RigFileExtrinsics, TransformExtrinsics
-from drone_pose.ros.tf import TransformListener
+from drone_pose.ros.self_calibration import SelfCalibration
+from drone_pose.ros.tf import StaticTransformBroadcaster, TransformListener, transform_stamped
 
 __all__ = ["CAMERA_REJECTIONS", "FusionNode", "main"]
 TF_RIG_FRAME = "world"  # rig_frame when it is empty and the extrinsics come from TF
@@ -99,8 +105,12 @@ class FusionNode(EstimatorNode):
         self.cameras: dict[str, _Camera] = {}
         self.grouper: FrameGrouper | None = None
         self.fused: Any = None
-        self.extrinsics: RigFileExtrinsics | TransformExtrinsics | None = None
+        self.extrinsics: RigFileExtrinsics | TransformExtrinsics | SelfCalibration | None = None
         self.listener: TransformListener | None = None
+        self.static_tf: StaticTransformBroadcaster | None = None
+        self.rig_output_file = ""
+        self.rig_files_written = 0
+        self.rig_file_error = ""
         self.rig_frame = ""
         self.views_used: deque[int] = deque(maxlen=LATENCY_WINDOW)
         self._last_log: dict[str, float] = {}
@@ -139,16 +149,33 @@ class FusionNode(EstimatorNode):
 
     def _configured_summary(self) -> str:
         assert self.extrinsics is not None
+        if isinstance(self.extrinsics, SelfCalibration):
+            frame = self.rig_frame or f"{self.extrinsics.reference}'s optical frame"
+            return (
+                f"cameras {list(self.cameras)}, rig frame {frame} (extrinsics estimated, anchored to "
+                f"{self.extrinsics.reference}), model {model_name(self.estimator)} on {self._device}"
+            )
         return (
             f"cameras {list(self.cameras)}, rig frame {self.rig_frame!r} (extrinsics from "
             f"{self.extrinsics.source}), model {model_name(self.estimator)} on {self._device}"
         )
 
-    def _extrinsics(self, names: tuple[str, ...]) -> RigFileExtrinsics | TransformExtrinsics:
+    def _extrinsics(
+        self, names: tuple[str, ...]
+    ) -> RigFileExtrinsics | TransformExtrinsics | SelfCalibration:
         """The extrinsics source the parameters name; ValueError with one line when they disagree."""
         from drone_pose.fusion.rig_file import load_rig_file
 
         rig_file, rig_frame = self.parameter("rig_file"), self.parameter("rig_frame")
+        source = self.parameter("extrinsics")
+        if source not in EXTRINSICS_SOURCES:
+            raise ValueError(f"extrinsics must be tf, rig_file or estimate (or empty), got {source!r}")
+        if source in ("tf", "estimate") and rig_file:
+            raise ValueError(f"extrinsics:={source} does not read rig_file:={rig_file}: leave rig_file empty")
+        if source == "rig_file" and not rig_file:
+            raise ValueError("extrinsics:=rig_file needs rig_file:=PATH")
+        if source == "estimate":
+            return self._self_calibration(names, rig_frame)
         if rig_file:
             rig = load_rig_file(rig_file)
             if rig_frame and rig_frame != rig.rig_frame:
@@ -160,8 +187,27 @@ class FusionNode(EstimatorNode):
         self.listener = TransformListener(self)
         return TransformExtrinsics(self.listener.buffer, rig_frame or TF_RIG_FRAME)
 
+    def _self_calibration(self, names: tuple[str, ...], rig_frame: str) -> SelfCalibration:
+        """The estimating extrinsics source of the parameters (ValueError with one line)."""
+        policy = self.parameter("rig_policy")
+        if policy not in RIG_POLICIES:
+            raise ValueError(f"rig_policy must be reservoir or window, got {policy!r}")
+        self.rig_output_file = str(self.parameter("rig_output_file"))
+        return SelfCalibration(
+            names,
+            self.parameter("rig_reference") or names[0],
+            rig_frame,
+            int(self.parameter("rig_min_groups")),
+            float(self.parameter("rig_estimate_period_s")),
+            int(self.parameter("rig_capacity")),
+            policy,
+            on_estimate=self._on_rig_estimate,
+        )
+
     def _create_outputs(self) -> None:
         super()._create_outputs()
+        if isinstance(self.extrinsics, SelfCalibration):
+            self.static_tf = StaticTransformBroadcaster(self)
         overlay_qos = sensor_data_qos(int(self.parameter("input_queue_depth")))
         for name, camera in self.cameras.items():
             camera.overlay_publisher = self.publisher(Image, f"{name}/overlay", overlay_qos)
@@ -174,6 +220,8 @@ class FusionNode(EstimatorNode):
     def _start_inputs(self) -> list[Any]:
         assert self.grouper is not None
         self.grouper.reopen()
+        if isinstance(self.extrinsics, SelfCalibration):
+            self.extrinsics.start()
         suffix, transport = self.parameter("image_suffix"), self.parameter("image_transport")
         depth = int(self.parameter("input_queue_depth"))
         return [
@@ -187,6 +235,8 @@ class FusionNode(EstimatorNode):
     def _close_queue(self) -> None:
         if self.grouper is not None:
             self.grouper.close()
+        if isinstance(self.extrinsics, SelfCalibration):
+            self.extrinsics.stop()
 
     def _clear_inputs(self) -> None:
         for camera in self.cameras.values():
@@ -198,11 +248,64 @@ class FusionNode(EstimatorNode):
         if self.listener is not None:
             self.listener.close()
             self.listener = None
+        if isinstance(self.extrinsics, SelfCalibration):
+            self.extrinsics.stop()
+        if self.static_tf is not None:
+            self.static_tf.close()
+            self.static_tf = None
         self.fused = None
 
     def _apply_runtime(self, accepted: dict[str, Any]) -> None:
         if self.fused is not None and "gate_mahalanobis" in accepted:
             self.fused.gate_mahalanobis = float(accepted["gate_mahalanobis"])
+        if "rig_output_file" in accepted:
+            self.rig_output_file = str(accepted["rig_output_file"])
+            if isinstance(self.extrinsics, SelfCalibration) and self.rig_output_file:
+                self._write_rig_file()  # on request: the current rig now (set the parameter again to rewrite)
+
+    # -- self-calibration (its own thread) ----------------------------------------------------
+    def _on_rig_estimate(self, estimate: Any) -> None:
+        """A new rig estimate: the cameras on /tf_static (from the rig frame), the rig file."""
+        calibration = self.extrinsics
+        assert isinstance(calibration, SelfCalibration)
+        from scipy.spatial.transform import Rotation
+
+        stamp = self.get_clock().now().to_msg()
+        transforms = []
+        for parent, child, T in calibration.camera_transforms():
+            quaternion = Rotation.from_matrix(T[:3, :3]).as_quat()
+            transforms.append(transform_stamped(quaternion, T[:3, 3], stamp, parent, child))
+        if transforms and self.static_tf is not None:
+            self.static_tf.send(transforms)
+        if self.rig_output_file:
+            self._write_rig_file()
+        resolved = int(estimate.resolved.sum())
+        self._log_throttled(
+            "rig_estimate",
+            f"rig estimate {calibration.estimates}: {resolved} of {len(calibration.cameras)} cameras "
+            f"resolved from {calibration.accumulator.frames_kept} groups in {calibration.estimate_ms:.0f} ms",
+            info=True,
+        )
+
+    def _write_rig_file(self) -> None:
+        """Write the estimated rig to rig_output_file (atomically); failures are kept and logged."""
+        from drone_pose.fusion.rig_file import save_rig_file
+
+        calibration = self.extrinsics
+        assert isinstance(calibration, SelfCalibration)
+        path = self.rig_output_file
+        try:
+            rig = calibration.rig()
+            if rig is None:
+                self.rig_file_error = "not written yet: not every camera is resolved"
+                return
+            save_rig_file(rig, path)
+        except (OSError, ValueError) as error:
+            self.rig_file_error = f"{path}: {error}"
+            self._log_throttled("rig_file", f"rig file not written: {self.rig_file_error}")
+            return
+        self.rig_files_written += 1
+        self.rig_file_error = ""
 
     # -- inputs (executor thread) -------------------------------------------------------------
     def on_clock_reset(self, previous_ns: int, stamp_ns: int) -> None:
@@ -218,11 +321,14 @@ class FusionNode(EstimatorNode):
         if self.grouper is not None:
             self.grouper.flush_expired()
 
-    def _log_throttled(self, key: str, message: str) -> None:
+    def _log_throttled(self, key: str, message: str, info: bool = False) -> None:
         now = time.monotonic()
         if now - self._last_log.get(key, -np.inf) >= LOG_THROTTLE_S:
             self._last_log[key] = now
-            self.get_logger().warning(message)
+            if info:
+                self.get_logger().info(message)
+            else:
+                self.get_logger().warning(message)
 
     # -- fusion (worker thread) ---------------------------------------------------------------
     def _take(self, timeout_s: float) -> FrameGroup | None:
@@ -230,6 +336,9 @@ class FusionNode(EstimatorNode):
 
     def _process(self, group: FrameGroup) -> None:
         assert self.extrinsics is not None
+        if isinstance(self.extrinsics, SelfCalibration):
+            self._process_self_calibrating(group, self.extrinsics)
+            return
         names, frames, extrinsics = [], [], []
         for name, frame in group.frames.items():
             lookup = self.extrinsics.cam_from_rig(name, frame)
@@ -252,6 +361,67 @@ class FusionNode(EstimatorNode):
             np.stack(extrinsics),
             [frame.distortion for frame in frames],
         )
+        self._publish_fused(header, names, frames, extrinsics, result)
+
+    def _process_self_calibrating(self, group: FrameGroup, calibration: SelfCalibration) -> None:
+        """extrinsics: estimate. Every present view through the single-view estimator (one network
+        pass per image size) into the rig estimate; then, with a rig estimate, the views it resolves
+        are fused from those same estimates, and before it the reference camera's own pose (in its
+        optical frame, the rig frame) is published, counted in poses_single_view."""
+        import torch
+
+        from drone_pose.fusion.fused_estimator import estimate_views
+
+        names, frames = list(group.frames), list(group.frames.values())
+        self.counters["groups_processed"] += 1
+        views = estimate_views(
+            self.estimator,
+            [frame.rgb for frame in frames],
+            np.stack([frame.K for frame in frames]),
+            [frame.distortion for frame in frames],
+        )
+        calibration.add(names, frames, views)
+        header = Header(stamp=_time(group.stamp_ns), frame_id=calibration.rig_frame)
+        if calibration.estimate is None:
+            for name in names:
+                self.cameras[name].counters["views_estimated"] += 1
+            reference = calibration.reference_view(names)
+            if reference is None or not bool(views.valid[reference]):
+                self.reject("waiting_for_rig")
+                self.lose_track(header)
+                return
+            self.cameras[names[reference]].counters["views_used"] += 1
+            covariance = views.covariance[reference].double().numpy()
+            R, t = views.R[reference].double().numpy(), views.t[reference].double().numpy()
+            if self.publish_pose(header, R, t, covariance):
+                self.counters["poses_single_view"] += 1
+                self.rates.latencies_ms.append(1e3 * (time.monotonic() - frames[reference].received))
+            return
+        kept, extrinsics = [], []
+        for index, (name, frame) in enumerate(zip(names, frames, strict=True)):
+            lookup = calibration.cam_from_rig(name, frame)
+            if lookup.cam_from_rig is None:
+                self.cameras[name].reject(lookup.reason)
+                self._log_throttled(f"{name}/{lookup.reason}", lookup.detail)
+                continue
+            kept.append(index)
+            extrinsics.append(lookup.cam_from_rig)
+        if not kept:
+            self.reject("no_usable_view")
+            self.lose_track(header)
+            return
+        K = np.stack([frames[index].K for index in kept])
+        result = self.fused.fuse(
+            views.take(torch.tensor(kept)),
+            torch.from_numpy(K).unsqueeze(0),
+            torch.from_numpy(np.stack(extrinsics)).unsqueeze(0),
+        )
+        self._publish_fused(header, [names[i] for i in kept], [frames[i] for i in kept], extrinsics, result)
+
+    def _publish_fused(
+        self, header: Header, names: list[str], frames: list[Frame], extrinsics: list[np.ndarray], result: Any
+    ) -> None:
+        """Count a group's views, draw the overlays and publish its fused pose (or reject it)."""
         self._count_views(names, result)
         self.views_used.append(int(result.views_used[0].sum()))
         self._publish_overlays(names, frames, extrinsics, result)
@@ -324,6 +494,12 @@ class FusionNode(EstimatorNode):
             "views_used_mean": float(views.mean()),
             **{key: value for key, value in grouping.items() if "/" not in key},
         }
+        if isinstance(self.extrinsics, SelfCalibration):
+            values["rig_frame"] = self.extrinsics.rig_frame
+            values.update(self.extrinsics.report())
+            values["rig_output_file"] = self.rig_output_file
+            values["rig_files_written"] = self.rig_files_written
+            values["rig_file_error"] = self.rig_file_error
         name = self.get_fully_qualified_name()
         statuses = [
             diagnostic_status(
@@ -349,6 +525,8 @@ class FusionNode(EstimatorNode):
             "reprojection_rms_px_p50": float(np.percentile(rms, 50)),
             **{key.split("/", 1)[1]: value for key, value in grouping.items() if key.startswith(f"{name}/")},
         }
+        if isinstance(self.extrinsics, SelfCalibration):
+            values.update(self.extrinsics.camera_report(name))
         status = diagnostic_status(
             f"drone_pose: fusion camera {name}",
             node_name,

@@ -15,6 +15,9 @@ from drone_pose.ros.tracker_parameters import ParameterSpec
 FUSION_NODE_NAME = "drone_pose_fusion"
 DEFAULT_CAMERAS = "camera0,camera1"
 DEFAULT_GATE_MAHALANOBIS = 5.0  # FusedEstimator's (not imported: it needs torch)
+# Where the extrinsics come from ("": rig_file when it is given, else tf).
+EXTRINSICS_SOURCES = ("", "tf", "rig_file", "estimate")
+RIG_POLICIES = ("reservoir", "window")
 # One camera name: a relative ROS name (its topics are <camera>/<image_suffix> and <camera>/camera_info).
 CAMERA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*")
 
@@ -46,14 +49,56 @@ FUSION_PARAMETERS: tuple[ParameterSpec, ...] = (
         "image_suffix", "image_raw", "image topic under each camera (compressed: <suffix>/compressed)"
     ),
     ParameterSpec(
+        "extrinsics",
+        "",
+        "where the cameras' extrinsics come from: tf (/tf, /tf_static), rig_file, or estimate (the rig "
+        "calibrates itself from the drone); empty: rig_file when rig_file is given, else tf",
+    ),
+    ParameterSpec(
         "rig_frame",
         "",
-        "frame of the fused pose; empty: the rig file's rig_frame, or `world` with extrinsics from TF",
+        "frame of the fused pose; empty: the rig file's rig_frame, `world` with extrinsics from TF, or the "
+        "reference camera's optical frame when estimated (a name given there is anchored to that camera)",
     ),
     ParameterSpec(
         "rig_file",
         "",
         "rig YAML with every camera's extrinsics (docs/fusion.md#rig-files); empty: from /tf and /tf_static",
+    ),
+    ParameterSpec(
+        "rig_reference", "", "extrinsics estimate: the camera the rig is anchored to; empty: the first camera"
+    ),
+    ParameterSpec(
+        "rig_min_groups",
+        30,
+        "extrinsics estimate: groups with two usable views before the first rig estimate",
+        (3, 1_000_000),
+    ),
+    ParameterSpec(
+        "rig_estimate_period_s",
+        5.0,
+        "extrinsics estimate: seconds between rig estimates (on a thread of their own; only when new "
+        "groups came)",
+        (0.01, 3600.0),
+    ),
+    ParameterSpec(
+        "rig_capacity",
+        3000,
+        "extrinsics estimate: groups kept for the estimate (about 1.2 kB each with 3 cameras)",
+        (10, 1_000_000),
+    ),
+    ParameterSpec(
+        "rig_policy",
+        "reservoir",
+        "extrinsics estimate: once rig_capacity is reached keep a uniform sample of all groups "
+        "(reservoir, a fixed rig) or the latest (window, a rig that may move)",
+    ),
+    ParameterSpec(
+        "rig_output_file",
+        "",
+        "extrinsics estimate: write the rig here (atomically; a rig file rig_file can read) now and "
+        "after every estimate, once every camera is resolved; empty: not written",
+        runtime=True,
     ),
     ParameterSpec("drone_frame", "drone", "child frame of the published TF (parent: rig_frame)"),
     ParameterSpec("publish_tf", True, "publish rig_frame -> drone_frame on /tf"),

@@ -263,3 +263,128 @@ def test_a_replayed_flight_gives_the_offline_evaluations_poses_in_the_rig_frame(
         if t.child_frame_id == "drone_fused" and t.header.frame_id == "world"
     }
     assert sent == valid
+
+
+@pytest.fixture(scope="module")
+def uncalibrated_flight(tmp_path_factory):
+    """A 3-camera M2ED flight bag of 12 groups (2.4 s at 5 Hz, 160x120) and its frames read back."""
+    from drone_pose.bags.rig_frames import read_rig_frames
+
+    bag = tmp_path_factory.mktemp("self_calibration") / "flight"
+    spec = FlightBagSpec(seconds=2.4, rate_hz=5.0, cameras=3, seed=31, width=160, height=120)
+    write_flight_bag(bag, spec, workers=1, progress=False)
+    return bag, read_rig_frames(bag)
+
+
+def test_a_replayed_flight_without_tf_static_calibrates_the_rig_and_is_fused(
+    ros_node, uncalibrated_flight, tmp_path
+):
+    """`drone-pose replay` of a 3-camera bag's cameras only (no /tf_static, no rig file) into the
+    fusion node with extrinsics:=estimate: the reference camera's own poses until the rig is
+    estimated, then fused poses, all in camera0's optical frame; the estimated cameras on
+    /tf_static close to the bag's true rig, their uncertainty in /diagnostics, and the rig file
+    written for rig_file mode."""
+    import os
+
+    from drone_pose.fusion.rig_file import invert_rigid, load_rig_file
+    from drone_pose.fusion.rig_initialisation import extrinsics_errors
+    from drone_pose.ros.launch_plan import fastdds_profile
+    from drone_pose.ros.qos import TF_STATIC_TOPIC, tf_static_listener_qos
+
+    bag, truth = uncalibrated_flight
+    node, executor = ros_node
+    poses, statics, diagnostics = [], [], []
+    node.create_subscription(PoseStamped, "/pose", poses.append, QoSProfile(depth=50))
+    node.create_subscription(TFMessage, TF_STATIC_TOPIC, statics.append, tf_static_listener_qos())
+    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, QoSProfile(depth=20))
+    rig_file = tmp_path / "estimated_rig.yaml"
+    fusion = start_fusion(
+        "cameras:=" + ",".join(CAMERAS),
+        "extrinsics:=estimate",
+        "rig_min_groups:=4",
+        "rig_estimate_period_s:=0.2",
+        f"rig_output_file:={rig_file}",
+        "drone_frame:=drone_fused",
+    )
+    topics = [f"/{c}/{kind}" for c in CAMERAS for kind in ("image_raw", "camera_info")]
+    try:
+        assert spin_until(
+            executor,
+            lambda: (
+                all(node.count_subscribers(f"/{c}/image_raw") > 0 for c in CAMERAS)
+                and node.count_publishers("/pose") > 0
+            ),
+            timeout_s=60.0,
+        ), "the fusion node did not come up: " + (fusion.stderr.read() if fusion.poll() else "")
+        replay = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "drone_pose.cli", "replay", str(bag), "--topics", *topics),
+                *("--wait-for", "/camera2/image_raw", "--wait-timeout", "60", "--rate", "0.5"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "FASTDDS_DEFAULT_PROFILES_FILE": fastdds_profile()},
+        )
+        assert spin_until(executor, lambda: replay.poll() is not None, timeout_s=90.0), (
+            "replay did not finish"
+        )
+        _, err = replay.communicate(timeout=10)
+        assert replay.returncode == 0, err[-2000:]
+
+        def settled() -> bool:
+            fused = statuses(diagnostics[-1]).get("drone_pose: fusion", {}) if diagnostics else {}
+            return int(fused.get("groups_processed", 0)) + int(fused.get("groups_dropped", 0)) >= 12 and int(
+                fused.get("poses_published", 0)
+            ) <= len(poses)
+
+        spin_until(executor, settled, timeout_s=30.0)
+    finally:
+        fusion.terminate()
+        fusion.wait(timeout=20)
+    report = statuses(diagnostics[-1])
+    fused = report["drone_pose: fusion"]
+    assert fused["extrinsics"] == "estimate", fused
+    assert fused["rig_state"] == "estimated", fused
+    assert fused["rig_frame"] == "camera0_optical", fused
+    single, published = int(fused["poses_single_view"]), int(fused["poses_published"])
+    assert single >= 1, fused  # the reference camera's own poses while the rig was being estimated
+    assert published - single >= 2, fused  # fused poses with the estimated rig
+    assert published == len(poses), fused
+    assert {p.header.frame_id for p in poses} == {"camera0_optical"}
+    # the poses against the truth moved into camera0's optical frame
+    camera0_from_world = truth.tf_extrinsics()[1][0]
+    truth_at = {
+        group.stamp: camera0_from_world[:3, :3] @ group.t + camera0_from_world[:3, 3]
+        for group in truth.groups
+    }
+    error_cm = [
+        100
+        * np.linalg.norm(
+            np.array([p.pose.position.x, p.pose.position.y, p.pose.position.z])
+            - truth_at[p.header.stamp.sec * 10**9 + p.header.stamp.nanosec]
+        )
+        for p in poses
+    ]
+    assert np.median(error_cm) < 5.0, error_cm
+    # the cameras on /tf_static from the reference camera, close to the true rig
+    sent = {t.child_frame_id: t for m in statics for t in m.transforms}
+    assert set(sent) == {"camera1_optical", "camera2_optical"}, set(sent)
+    assert {t.header.frame_id for t in sent.values()} == {"camera0_optical"}
+    rig = load_rig_file(rig_file)  # written for rig_file mode
+    assert rig.rig_frame == "camera0_optical"
+    assert rig.camera_names == CAMERAS
+    assert rig.frame_ids == ("camera0_optical", "camera1_optical", "camera2_optical")
+    for v, frame_id in ((1, "camera1_optical"), (2, "camera2_optical")):
+        translation = sent[frame_id].transform.translation
+        position = np.array([translation.x, translation.y, translation.z])
+        np.testing.assert_allclose(position, invert_rigid(rig.cam_from_rig[v])[:3, 3], atol=1e-9)
+    errors = extrinsics_errors(rig.cam_from_rig, truth.tf_extrinsics()[1], reference=0)
+    assert max(errors["rotation_deg"][1:]) < 2.0, errors
+    assert max(errors["position_percent"][1:]) < 5.0, errors
+    for camera in ("camera1", "camera2"):  # uncertainty in the diagnostics
+        status = report[f"drone_pose: fusion camera {camera}"]
+        assert status["extrinsics_resolved"] == "True", status
+        assert 0.0 < float(status["extrinsics_rotation_std_deg"]) < 5.0, status
+        assert 0.0 < float(status["extrinsics_position_std_m"]) < 0.2, status
+    assert int(fused["rig_files_written"]) >= 1, fused
