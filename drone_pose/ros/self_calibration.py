@@ -166,7 +166,10 @@ class SelfCalibration:
         self._estimated_at_groups = seen
         self.estimate, self.estimates, self.estimate_error = estimate, self.estimates + 1, ""
         if self.on_estimate is not None:
-            self.on_estimate(estimate)
+            try:
+                self.on_estimate(estimate)
+            except Exception as error:  # publishing while the node shuts down: kept, never raised
+                self.estimate_error = f"on_estimate: {type(error).__name__}: {error}"
         return estimate
 
     # -- outputs ------------------------------------------------------------------------------

@@ -184,6 +184,19 @@ def test_a_missing_rig_file_fails_configure_with_one_line():
     assert "/nonexistent/rig.yaml" in line[0], err
 
 
+def test_estimated_extrinsics_with_a_rig_file_fail_configure_with_one_line():
+    fusion = start_fusion("cameras:=camera0,camera1", "extrinsics:=estimate", "rig_file:=/tmp/rig.yaml")
+    try:
+        _, err = fusion.communicate(timeout=60)
+    finally:
+        if fusion.poll() is None:
+            fusion.kill()
+    assert fusion.returncode == 2, err
+    line = [line for line in err.splitlines() if line.startswith("fusion_node: configure failed")]
+    assert line, err
+    assert "extrinsics:=estimate does not read rig_file:=/tmp/rig.yaml" in line[0], err
+
+
 def test_a_camera_missing_from_the_rig_file_fails_configure(rig_flight):
     _, rig_file, _ = rig_flight
     fusion = start_fusion("cameras:=camera0,camera9", f"rig_file:={rig_file}")
