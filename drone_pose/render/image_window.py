@@ -59,6 +59,14 @@ class ImageWindow:
             return self.pixel_size
         return self.pixel_size[:, None].expand(-1, 2)
 
+    def coarsened(self, factor: int) -> ImageWindow:
+        """The same image area on a grid `factor` times coarser (width and height divisible by it):
+        each coarse pixel covers factor x factor pixels of this grid."""
+        if factor < 1 or self.width % factor or self.height % factor:
+            raise ValueError(f"cannot coarsen a {self.width}x{self.height} grid by {factor}")
+        origin = self.origin + 0.5 * (factor - 1) * self.pixel_size_xy
+        return ImageWindow(origin, self.pixel_size * factor, self.width // factor, self.height // factor)
+
     def intrinsics(self, K: Tensor) -> Tensor:
         """Intrinsics [B,3,3] of the window for image intrinsics K [B,3,3] (or [3,3]): a camera
         point projects to window pixels (image px - origin) / pixel_size."""

@@ -86,9 +86,11 @@ def soft_rasterize(
     )
     log_outside = torch.zeros(batch * height * width, dtype=uv.dtype, device=uv.device)
     if batch_index.numel():
-        corners = triangles[batch_index, face_index]  # [P,3,2]
-        pixel = torch.stack((pixel_x, pixel_y), -1).to(uv.dtype)  # [P,2]
-        log_membership = F.logsigmoid(sharpness * _signed_edge_distances(corners, pixel)).sum(-1)
+        lines = (sharpness * _edge_lines(triangles)).reshape(-1, 9)  # [B*F,9]
+        coefficients = lines.index_select(0, batch_index * faces.shape[0] + face_index).view(-1, 3, 3)
+        x, y = pixel_x.to(uv.dtype)[:, None], pixel_y.to(uv.dtype)[:, None]
+        scaled_distance = coefficients[..., 0] * x + coefficients[..., 1] * y + coefficients[..., 2]
+        log_membership = F.logsigmoid(scaled_distance).sum(-1)
         log_membership = log_membership.clamp(max=-1e-6)  # a pixel deep inside: membership 1 - 1e-6
         log_not_member = _log1mexp(log_membership)
         flat_pixel = (batch_index * height + pixel_y) * width + pixel_x
@@ -96,18 +98,18 @@ def soft_rasterize(
     return -torch.expm1(log_outside).view(batch, height, width)
 
 
-def _signed_edge_distances(corners: Tensor, pixel: Tensor) -> Tensor:
-    """Distances [P,3] px from pixels [P,2] to the three edges of triangles corners [P,3,2],
-    positive inside whatever the winding."""
-    start = corners
-    end = corners.roll(-1, dims=1)
-    edge = end - start  # [P,3,2]
-    offset = pixel[:, None, :] - start
-    cross = edge[..., 0] * offset[..., 1] - edge[..., 1] * offset[..., 0]
-    length = torch.linalg.vector_norm(edge, dim=-1).clamp_min(1e-9)
-    e0, e1 = edge[:, 0], edge[:, 1]
-    orientation = torch.sign(e0[:, 0] * e1[:, 1] - e0[:, 1] * e1[:, 0])  # [P]: +1 counter-clockwise in px
-    return cross / length * orientation[:, None]
+def _edge_lines(triangles: Tensor) -> Tensor:
+    """Edge lines [B,F,3,3] of triangles [B,F,3,2] px: (a, b, c) per edge such that a x + b y + c is
+    the signed distance in px from (x, y) to the edge's line, positive inside whatever the winding."""
+    start = triangles
+    edge = triangles.roll(-1, dims=2) - start  # [B,F,3,2]
+    e0, e1 = edge[:, :, 0], edge[:, :, 1]
+    orientation = torch.sign(e0[..., 0] * e1[..., 1] - e0[..., 1] * e1[..., 0])  # [B,F]: +1 counter-clockwise
+    scale = orientation[..., None] / torch.linalg.vector_norm(edge, dim=-1).clamp_min(1e-9)  # [B,F,3]
+    a = -edge[..., 1] * scale
+    b = edge[..., 0] * scale
+    c = (edge[..., 1] * start[..., 0] - edge[..., 0] * start[..., 1]) * scale
+    return torch.stack((a, b, c), -1)
 
 
 def _log1mexp(log_p: Tensor) -> Tensor:
